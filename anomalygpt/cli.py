@@ -1,0 +1,294 @@
+"""The `anomalygpt` command. Each subcommand parses its flags here and calls the library;
+heavy imports happen inside the handlers so `--help` stays instant."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class CLIError(Exception):
+    """A user-facing problem: printed as one line, exit code 2."""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    logging.getLogger("timm").setLevel(logging.ERROR)
+
+
+def _expand_images(items: Sequence[str]) -> list[str]:
+    """Files as given; folders expanded to their images (sorted)."""
+    from data_sim.imageio import list_images
+
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(str(x) for x in list_images(p))
+        else:
+            out.append(item)
+    return out
+
+
+def _write_outputs(report, rgb, out_dir: Path, stem: str) -> None:
+    from data_sim.imageio import write_png, write_text
+
+    from .images import overlay
+
+    write_png(out_dir / f"{stem}_overlay.png", overlay(rgb, report.anomaly_map, report.mask))
+    write_text(out_dir / f"{stem}.json", json.dumps(report.to_dict(), indent=2))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .images import load_image
+    from .inspector import AnomalyGPT
+
+    images = _expand_images(args.images)
+    if not images:
+        raise CLIError("no images given; pass image files or folders")
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint, with_llm=not args.no_answer)
+    refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
+    out_dir = Path(args.out) if args.out else None
+    failures: list[tuple[str, str]] = []
+    results = []
+    question = None if args.no_answer else args.question
+    bar = tqdm(images, desc="inspect", unit="img", disable=len(images) < 2 or args.json, file=sys.stderr)
+    for path in bar:
+        try:
+            rgb = load_image(path)
+            report = assistant.inspect(rgb, refs, object_name=args.object, question=question)
+            report.source = path
+        except (ValueError, OSError) as e:
+            failures.append((path, str(e)))
+            continue
+        results.append(report.to_dict())
+        if not args.json:
+            tqdm.write(report.summary())
+        if out_dir is not None:
+            _write_outputs(report, rgb, out_dir, Path(path).stem)
+    if args.json:
+        print(json.dumps(results if len(results) != 1 else results[0], indent=2))
+    if out_dir is not None and results:
+        print(f"wrote overlays and JSON to {out_dir}", file=sys.stderr)
+    for path, err in failures:
+        print(f"error: {err}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(images)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .inspector import AnomalyGPT
+
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+    refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
+    report = assistant.inspect(args.image, refs, object_name=args.object)
+    report.source = args.image
+    print(report.summary())
+    history: list[tuple[str, str]] = [(report_question(), report.answer)]
+    print("Ask follow-up questions (empty line or Ctrl-D to quit).")
+    while True:
+        try:
+            q = input("you> ").strip()
+        except EOFError:
+            break
+        if not q:
+            break
+        print("assistant> ", end="", flush=True)
+        answer = ""
+        for piece in assistant.stream_ask(report, q, history):
+            answer += piece
+            print(piece, end="", flush=True)
+        print()
+        history.append((q, answer.strip()))
+    return 0
+
+
+def report_question() -> str:
+    from .inspector import DEFAULT_QUESTION
+
+    return DEFAULT_QUESTION
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Inspect a bundled defective ELPV cell against bundled normal references."""
+    from data_sim.imageio import write_png
+
+    from .images import load_image, overlay
+    from .inspector import AnomalyGPT
+
+    sample = ASSETS / "elpv_defect.png"
+    refs = sorted(ASSETS.glob("elpv_normal_ref*.png"))
+    if not sample.is_file():
+        raise CLIError(f"bundled sample {sample} is missing; reinstall the package")
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+    print(f"inspecting bundled sample {sample.name} against {len(refs)} normal references", flush=True)
+    report = assistant.inspect(sample, refs or None, object_name="solar cell")
+    report.source = sample.name
+    print(report.summary())
+    question = "Where is the anomaly and how large is it?"
+    print(f"\nQ: {question}\nA: {assistant.ask(report, question, [(report_question(), report.answer)])}")
+    out = Path(args.out)
+    write_png(out / "demo_overlay.png", overlay(load_image(sample), report.anomaly_map, report.mask))
+    print(f"\nheat map written to {out / 'demo_overlay.png'}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from data_sim.simulate import run_simulate
+
+    out = run_simulate(args.images, args.out, n=args.n, seed=args.seed, texture=args.texture, mode=args.mode)
+    print(f"wrote {args.n} simulated samples, qa.jsonl and preview.png to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from training.train import main as train_main
+
+    return int(train_main(rest) or 0)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    shots = args.shots if args.shots == "all" else int(args.shots)
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (0, 1, 2)
+    res = run_eval(args.dataset, checkpoint=args.checkpoint, shots=shots, seeds=seeds, out_dir=args.out,
+                   answers=not args.no_answers, max_images=args.max_images)
+    print(json.dumps(res.get("summary", res), indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+
+    res = run_bench(checkpoint=args.checkpoint, quick=args.quick)
+    print(json.dumps(res, indent=2) if args.json else format_table(res))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "chat_ui" / "app.py"
+    if not app.is_file():
+        raise CLIError(f"chat UI not found at {app}")
+    env = dict(os.environ, ANOMALYGPT_CHECKPOINT=str(args.checkpoint))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host, "--browser.gatherUsageStats", "false", "--server.headless", "true"]
+    print(f"chat UI on http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    return subprocess.call(cmd, env=env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomalygpt", description="Conversational industrial inspection, offline on a CPU.")
+    p.add_argument("--version", action="version", version=f"anomalygpt {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        return sp
+
+    sp = add("inspect", "inspect images (files or folders), print reports, write overlays and JSON")
+    sp.add_argument("images", nargs="+")
+    sp.add_argument("--ref", nargs="*", default=[], help="1-8 images (or a folder) of normal parts")
+    sp.add_argument("--object", default=None, help="what the part is, e.g. 'solar cell'")
+    sp.add_argument("--out", default=None, help="folder for overlays (PNG) and reports (JSON)")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sp.add_argument("--question", default="Is there any anomaly in the image?")
+    sp.add_argument("--no-answer", action="store_true", help="detector only, no LLM answer")
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = add("chat", "inspect one image, then chat about it in the terminal")
+    sp.add_argument("image")
+    sp.add_argument("--ref", nargs="*", default=[])
+    sp.add_argument("--object", default=None)
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.set_defaults(func=cmd_chat)
+
+    sp = add("train", "train decoder, prompt learner and LoRA on simulated anomalies (see training.train --help)")
+    sp.set_defaults(func=None)
+
+    sp = add("eval", "evaluate on ELPV, MVTec AD, VisA or a folder")
+    sp.add_argument("--dataset", required=True, help="elpv | elpv:mono | mvtec:PATH[:cat] | visa:PATH[:cat] | folder:PATH")
+    sp.add_argument("--shots", default="0", help="references per run: 0, k, or 'all' (all train normals)")
+    sp.add_argument("--seeds", default="0,1,2")
+    sp.add_argument("--out", default="out/eval")
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--no-answers", action="store_true", help="skip the LLM answers (faster)")
+    sp.add_argument("--max-images", type=int, default=None)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = add("simulate", "write simulated anomalies, masks, qa.jsonl and a preview grid")
+    sp.add_argument("--images", required=True, help="folder of normal images")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--n", type=int, default=16)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--texture", action="store_true", help="the whole image is the part (textures, cells)")
+    sp.add_argument("--mode", default="mix", choices=["mix", "nsa", "cutpaste", "crack", "blotch", "line"])
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = add("ui", "start the Streamlit chat")
+    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.set_defaults(func=cmd_ui)
+
+    sp = add("demo", "inspect a bundled sample, print the report and an answer, write a heat map")
+    sp.add_argument("--out", default="out")
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = add("bench", "measure speed and memory of the embedded profile")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--quick", action="store_true", help="fewer repeats")
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["train"]:  # the trainer owns its flags (config overrides key=value)
+        args, rest = parser.parse_args(["train"]), argv[1:]
+    else:
+        args, rest = parser.parse_args(argv), []
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        if args.command == "train":
+            return cmd_train(args, rest)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for users; -v shows the traceback
+        from .config import ConfigError
+        from .hub import ModelNotAvailable
+
+        if args.verbose or not isinstance(e, (CLIError, ConfigError, ModelNotAvailable, FileNotFoundError, ValueError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2

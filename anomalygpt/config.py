@@ -1,0 +1,280 @@
+"""Typed configuration, loaded from YAML profiles in `configs/`.
+
+Profiles are data (as in open_clip): a YAML file names the frozen models and the sizes of
+the trainable parts. Loading is strict because a silently ignored typo in a training
+config costs an hour of CPU time: an unknown key or a bad value is one line naming the key
+and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message is one line that says how to fix it."""
+
+
+@dataclass
+class EncoderConfig:
+    backend: Literal["timm", "open_clip"] = "timm"
+    name: str = "tf_efficientnet_lite0"
+    # "embedded": the pip-shipped weights; "none": random init; otherwise an open_clip
+    # pretrained tag, a timm hub tag or a local checkpoint path.
+    pretrained: str = "embedded"
+    image_size: int = 224
+    # timm: feature stage indices (features_only out_indices); open_clip: transformer blocks.
+    levels: list[int] = field(default_factory=lambda: [2, 3])
+    # timm open_clip configs for tiny test models (model_cfg overrides), usually empty.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextConfig:
+    # "llm": mean-pooled input embeddings of the LLM for prompt sentences (embedded profile,
+    # no text tower ships offline); "open_clip": the CLIP text tower.
+    backend: Literal["llm", "open_clip"] = "llm"
+    object_name: str = "object"
+
+
+@dataclass
+class DecoderConfig:
+    temperature: float = 0.07
+    # feature pooling before scoring (smooths single-pixel noise, as patch-level methods do)
+    pool: int = 3
+
+
+@dataclass
+class MemoryConfig:
+    pool: int = 3
+    chunk: int = 2048
+    # weight of the reference (few-shot) map when fused with the decoder map
+    weight: float = 0.5
+
+
+@dataclass
+class PromptConfig:
+    n_map_tokens: int = 4
+    n_base_tokens: int = 4
+    n_image_tokens: int = 1
+
+
+@dataclass
+class LLMConfig:
+    # "embedded" = SmolLM2-135M-Instruct from the GGUF shipped on PyPI, else any HF id or path
+    name: str = "embedded"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_new_tokens: int = 48
+    # tiny random-init model for tests: a transformers config dict; used when name == "random"
+    random_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SimConfig:
+    mode: Literal["mix", "nsa", "cutpaste", "crack", "blotch"] = "mix"
+    n_max: int = 3
+    texture: bool = False
+    anomalous_fraction: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=lambda: ["elpv:train", "skimage", "sklearn"])
+    out_dir: str = "runs/embedded"
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lora_lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_grad_norm: float = 1.0
+    focal_weight: float = 1.0
+    dice_weight: float = 1.0
+    lm_weight: float = 1.0
+    lm_every: int = 1
+    checkpoint_every: int = 200
+    val_samples: int = 64
+    n_samples: int = 2000
+    seed: int = 0
+    num_workers: int = 0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedded"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Value checks beyond types: key path -> (predicate, what is allowed)
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "encoder.image_size": (lambda v: 32 <= v <= 1024 and v % 32 == 0, "a multiple of 32 in 32..1024"),
+    "encoder.levels": (lambda v: len(v) >= 1, "a non-empty list of stage/layer indices"),
+    "decoder.temperature": (lambda v: v > 0, "a positive number"),
+    "decoder.pool": (lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+    "memory.pool": (lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+    "memory.chunk": (lambda v: v >= 1, "a positive integer"),
+    "memory.weight": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
+    "prompt.n_map_tokens": (lambda v: v >= 1, "a positive integer"),
+    "prompt.n_base_tokens": (lambda v: v >= 0, "an integer >= 0"),
+    "prompt.n_image_tokens": (lambda v: v >= 0, "an integer >= 0"),
+    "llm.lora_r": (lambda v: v >= 0, "an integer >= 0 (0 disables LoRA)"),
+    "llm.max_new_tokens": (lambda v: 1 <= v <= 4096, "an integer in 1..4096"),
+    "train.steps": (lambda v: v >= 1, "a positive integer"),
+    "train.batch_size": (lambda v: v >= 1, "a positive integer"),
+    "train.grad_accum": (lambda v: v >= 1, "a positive integer"),
+    "train.lr": (lambda v: v > 0, "a positive number"),
+    "train.lora_lr": (lambda v: v > 0, "a positive number"),
+    "train.checkpoint_every": (lambda v: v >= 1, "a positive integer"),
+    "train.n_samples": (lambda v: v >= 2, "an integer >= 2"),
+    "train.sim.n_max": (lambda v: v >= 1, "a positive integer"),
+    "train.sim.anomalous_fraction": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; use {_type_name(tp)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1]
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': {value!r} does not fit {tp}")
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; allowed keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+        if path in _CHECKS and not _CHECKS[path][0](kwargs[key]):
+            raise ConfigError(f"config key '{path}': {value!r} is not allowed; use {_CHECKS[path][1]}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (for JSON/YAML and for hashing)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Validated `ModelConfig` from a plain mapping."""
+    return _build(ModelConfig, data)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or a profile name in `configs/` (e.g. 'embedded')."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}; give a path to a YAML file or a profile name from {CONFIG_DIR}")
+        return p
+    cand = CONFIG_DIR / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    known = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"unknown config profile '{name_or_path}'; use one of {', '.join(known)} or a path to a .yaml file")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.steps=100' -> ('train.steps', 100); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(name_or_path: str | Path = "embedded", overrides: list[str] | None = None) -> ModelConfig:
+    """Load a profile, apply 'a.b=value' overrides, validate everything."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (encoder:, llm:, ...)")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return from_dict(data)

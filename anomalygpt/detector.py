@@ -1,0 +1,98 @@
+"""Detector: frozen encoder + trained PatchDecoder, fused with the few-shot reference map.
+
+Pure torch, no I/O. Images come in as float tensors in 0..1 (B x 3 x H x W) at the
+encoder's size; preprocessing of files lives in `anomalygpt.images`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .decoder import PatchDecoder
+from .encoders import ImageEncoder
+from .memory_bank import MemoryBank
+
+
+@dataclass
+class Detection:
+    anomaly_map: torch.Tensor          # B x 1 x H x W, fused map used for the verdict
+    decoder_map: torch.Tensor          # B x 1 x H x W, decoder probability
+    reference_map: torch.Tensor | None  # B x 1 x H x W, normalized few-shot map (None without refs)
+    level_logits: list[torch.Tensor]   # per level B x 1 x h x w (training targets live here)
+    global_emb: torch.Tensor           # B x D
+    scores: torch.Tensor               # B, image-level anomaly score
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of B x 1 x H x W maps: a defect is a region, not one pixel."""
+    if sigma <= 0:
+        return x
+    k = int(4 * sigma) | 1
+    ax = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
+    g = torch.exp(-ax ** 2 / (2 * sigma * sigma))
+    g = g / g.sum()
+    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), g.view(1, 1, -1, 1))
+
+
+class Detector(nn.Module):
+    def __init__(self, cfg: ModelConfig, encoder: ImageEncoder, anchor_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.decoder = PatchDecoder(encoder.dims, anchor_dim, cfg.decoder.temperature, cfg.decoder.pool)
+        # Scale of the reference map (1 - cos) on normal patches: set by calibration so the
+        # reference map and the decoder probability live on comparable 0..1 scales.
+        self.register_buffer("ref_scale", torch.tensor(1.0))
+        self.smooth_sigma = cfg.encoder.image_size / 56.0
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.encoder.image_size
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()} | {"ref_scale": self.ref_scale}
+
+    def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.decoder.load_state_dict({k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
+        if "ref_scale" in sd:
+            self.ref_scale.copy_(sd["ref_scale"])
+
+    def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.encoder(images)
+
+    def build_bank(self, references: torch.Tensor, batch_size: int = 16) -> MemoryBank:
+        """Memory bank from normal reference images (N x 3 x H x W)."""
+        bank = MemoryBank(self.cfg.memory.pool, self.cfg.memory.chunk)
+        for i in range(0, len(references), batch_size):
+            maps, _ = self.encode(references[i:i + batch_size])
+            bank.add(maps)
+        return bank
+
+    def reference_map(self, maps: list[torch.Tensor], bank: MemoryBank, size: tuple[int, int]) -> torch.Tensor:
+        levels = bank.score(maps)
+        up = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in levels]
+        return torch.stack(up).mean(0) / self.ref_scale.clamp_min(1e-6)
+
+    def image_score(self, amap: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(amap, self.smooth_sigma).flatten(1).amax(1)
+
+    def forward(self, images: torch.Tensor, bank: MemoryBank | None = None) -> Detection:
+        maps, glob = self.encode(images)
+        return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank)
+
+    def detect_features(self, maps: list[torch.Tensor], glob: torch.Tensor, size: tuple[int, int],
+                        bank: MemoryBank | None = None) -> Detection:
+        """Decoder map, fused with the reference map when a bank is given, from encoder outputs."""
+        dec_map, logits = self.decoder(maps, size)
+        ref = None
+        fused = dec_map
+        if bank is not None and len(bank):
+            ref = self.reference_map(maps, bank, size)
+            w = self.cfg.memory.weight
+            fused = (1 - w) * dec_map + w * ref.clamp(0, 1)
+        return Detection(fused, dec_map, ref, logits, glob, self.image_score(fused))

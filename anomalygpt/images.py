@@ -1,0 +1,52 @@
+"""Image inputs -> encoder tensors, and anomaly maps -> overlays people can read.
+
+Loading any path / PIL / array in any mode is `data_sim.imageio.load_image` (one place for
+odd inputs: grayscale, RGBA, 16-bit); this module resizes to the encoder's square input
+and draws the heat map with the 3x3 grid.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from data_sim.imageio import ImageLike, load_image
+
+__all__ = ["load_image", "to_tensor", "batch_tensor", "overlay", "ImageLike"]
+
+
+def to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """RGB uint8 H x W x 3 -> float 3 x size x size in 0..1 (area resampling when shrinking)."""
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    resized = cv2.resize(rgb, (size, size), interpolation=interp)
+    return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
+
+
+def batch_tensor(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    return torch.stack([to_tensor(im, size) for im in images])
+
+
+def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    return cv2.resize(amap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def overlay(rgb: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, vmax: float | None = None,
+            grid: bool = True, alpha: float = 0.45) -> np.ndarray:
+    """Heat map blended on the image, region outlines in white, the 3x3 grid in thin lines."""
+    h, w = rgb.shape[:2]
+    m = resize_map(amap, h, w) if amap.shape != (h, w) else amap.astype(np.float32)
+    top = vmax if vmax is not None else max(float(m.max()), 1e-6)
+    heat = cv2.applyColorMap(np.clip(255 * m / top, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    out = cv2.addWeighted(rgb, 1 - alpha, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), alpha, 0)
+    thick = max(1, round(min(h, w) / 200))
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), thick + 1)
+    if grid:
+        for i in (1, 2):
+            cv2.line(out, (i * w // 3, 0), (i * w // 3, h - 1), (230, 230, 230), thick)
+            cv2.line(out, (0, i * h // 3), (w - 1, i * h // 3), (230, 230, 230), thick)
+    return out

@@ -1,0 +1,197 @@
+"""The public API: `AnomalyGPT.from_pretrained(...).inspect(image, references)` and `.ask`.
+
+An inspection runs the detector (decoder map, fused with the nearest-neighbour map of the
+normal references when given), decides the verdict against a calibrated threshold,
+measures the regions, and lets the LLM answer grounded on those measured facts.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import model as model_io
+from .detector import gaussian_blur
+from .images import ImageLike, batch_tensor, load_image, resize_map
+from .memory_bank import MemoryBank
+from .report import InspectionReport, Region
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CHECKPOINTS = {"embedded": PACKAGE_DIR / "checkpoints" / "embedded"}
+DEFAULT_QUESTION = "Is there any anomaly in the image?"
+MIN_REGION_SHARE = 0.001  # regions under 0.1% of the image are noise, not findings
+
+
+@dataclass
+class ReferenceSet:
+    """Normal references turned into a memory bank, with the threshold they imply."""
+    bank: MemoryBank
+    n: int
+    threshold: float | None
+    source: str
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    if str(path_or_name) in CHECKPOINTS:
+        path = CHECKPOINTS[str(path_or_name)]
+        if not (path / model_io.CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"the bundled '{path_or_name}' checkpoint is missing at {path}; reinstall the package "
+                "or train one: anomalygpt train --config configs/embedded.yaml")
+        return path
+    path = Path(path_or_name).expanduser()
+    if not (path / model_io.CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected {model_io.CONFIG_FILE}); give a folder "
+                                f"written by 'anomalygpt train' or one of: {', '.join(CHECKPOINTS)}")
+    return path
+
+
+class AnomalyGPT:
+    """Inspect images, optionally against a few normal references, and answer questions."""
+
+    def __init__(self, components: model_io.Components) -> None:
+        self.components = components
+        self.cfg = components.cfg
+        self.detector = components.detector.eval()
+        self.lvlm = components.lvlm.eval() if components.lvlm is not None else None
+        self.calibration = components.calibration
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True) -> "AnomalyGPT":
+        """Load a checkpoint folder (or 'embedded', the one shipped with the package)."""
+        return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm))
+
+    # ------------------------------------------------------------------ references
+    @torch.no_grad()
+    def build_references(self, references: Sequence[ImageLike]) -> ReferenceSet:
+        """Memory bank of k normal images, and a threshold from their leave-one-out scores.
+
+        Each reference is scored against a bank of the others: those scores show how far a
+        *normal* part of this product lies from k-1 normals, which calibrates the verdict for
+        this product without a hand-set number. One reference gives no such estimate, so the
+        checkpoint's threshold is used then.
+        """
+        if not references:
+            raise ValueError("references is empty; give 1-8 images of normal parts or None")
+        x = batch_tensor([load_image(r) for r in references], self.detector.image_size)
+        size = (x.shape[-2], x.shape[-1])
+        bank = self.detector.build_bank(x)
+        threshold, source = None, f"checkpoint calibration ({self.calibration.source})"
+        if len(x) >= 2:
+            maps, glob = self.detector.encode(x)
+            scores = []
+            for i in range(len(x)):
+                keep = [j for j in range(len(x)) if j != i]
+                loo = MemoryBank(bank.pool, bank.chunk)
+                loo.add([m[keep] for m in maps])
+                det = self.detector.detect_features([m[i:i + 1] for m in maps], glob[i:i + 1], size, loo)
+                scores.append(float(det.scores[0]))
+            s = np.asarray(scores)
+            # LOO scores come from banks one image smaller than the real one, so they run a
+            # little high; their max plus a spread margin keeps false alarms rare.
+            threshold = float(s.max() + 0.5 * s.std() + 0.01)
+            source = f"leave-one-out over {len(x)} references"
+        return ReferenceSet(bank, len(x), threshold, source)
+
+    # ------------------------------------------------------------------ inspection
+    @torch.no_grad()
+    def inspect(self, image: ImageLike, references: Sequence[ImageLike] | ReferenceSet | None = None,
+                object_name: str | None = None, question: str | None = DEFAULT_QUESTION) -> InspectionReport:
+        """Inspect one image. `question=None` skips the LLM (detector-only)."""
+        refs = self._as_refs(references)
+        return next(iter(self.inspect_many([image], refs, object_name=object_name, question=question)))
+
+    def _as_refs(self, references: Sequence[ImageLike] | ReferenceSet | None) -> ReferenceSet | None:
+        if references is None or isinstance(references, ReferenceSet):
+            return references
+        return self.build_references(list(references))
+
+    @torch.no_grad()
+    def inspect_many(self, images: Iterable[ImageLike], references: Sequence[ImageLike] | ReferenceSet | None = None,
+                     object_name: str | None = None, question: str | None = DEFAULT_QUESTION,
+                     batch_size: int = 8) -> Iterator[InspectionReport]:
+        """Inspect a stream of images in batches; yields one report per image, in order."""
+        refs = self._as_refs(references)
+        batch: list[tuple[np.ndarray, str | None]] = []
+        for img in images:
+            batch.append((load_image(img), str(img) if isinstance(img, (str, Path)) else None))
+            if len(batch) == batch_size:
+                yield from self._inspect_batch(batch, refs, object_name, question)
+                batch = []
+        if batch:
+            yield from self._inspect_batch(batch, refs, object_name, question)
+
+    def threshold_for(self, refs: ReferenceSet | None) -> tuple[float, str]:
+        if refs is not None and refs.threshold is not None:
+            return refs.threshold, refs.source
+        cal = self.calibration
+        key = "fused_threshold" if refs is not None else None
+        if key and key in cal.extra:
+            return float(cal.extra[key]), f"checkpoint calibration with references ({cal.source})"
+        return float(cal.threshold), f"checkpoint calibration ({cal.source})"
+
+    def _inspect_batch(self, batch: list[tuple[np.ndarray, str | None]], refs: ReferenceSet | None,
+                       object_name: str | None, question: str | None) -> list[InspectionReport]:
+        size = self.detector.image_size
+        x = batch_tensor([b[0] for b in batch], size)
+        det = self.detector(x, refs.bank if refs is not None else None)
+        threshold, source = self.threshold_for(refs)
+        smooth = gaussian_blur(det.anomaly_map, self.detector.smooth_sigma)
+        reports = []
+        for i, (rgb, name) in enumerate(batch):
+            h, w = rgb.shape[:2]
+            amap = resize_map(smooth[i, 0].numpy(), h, w)
+            score = float(det.scores[i])
+            mask = amap >= threshold if score >= threshold else np.zeros((h, w), bool)
+            reports.append(InspectionReport(
+                score=score, threshold=threshold, threshold_source=source, anomaly_map=amap, mask=mask,
+                regions=measure_regions(mask, amap), image_size=(h, w),
+                n_references=refs.n if refs is not None else 0, object_name=object_name, source=name))
+            reports[-1]._model_inputs = (det.global_emb[i:i + 1], det.anomaly_map[i:i + 1])  # for follow-ups
+        if question and self.lvlm is not None:
+            answers = self.lvlm.generate(torch.cat([r._model_inputs[0] for r in reports]),
+                                         torch.cat([r._model_inputs[1] for r in reports]),
+                                         [question] * len(reports), facts=[r.facts() for r in reports])
+            for r, a in zip(reports, answers):
+                r.answer = a
+        return reports
+
+    # ------------------------------------------------------------------ chat
+    @torch.no_grad()
+    def ask(self, report: InspectionReport, question: str, history: list[tuple[str, str]] | None = None) -> str:
+        """Answer a follow-up about an inspected image, grounded on the report's facts."""
+        if self.lvlm is None:
+            raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
+        glob, amap = self._inputs_of(report)
+        return self.lvlm.generate(glob, amap, [question], facts=[report.facts()], histories=[list(history or [])])[0]
+
+    def stream_ask(self, report: InspectionReport, question: str, history: list[tuple[str, str]] | None = None) -> Iterator[str]:
+        if self.lvlm is None:
+            raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
+        glob, amap = self._inputs_of(report)
+        return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(), history=list(history or []))
+
+    def _inputs_of(self, report: InspectionReport) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = getattr(report, "_model_inputs", None)
+        if inputs is None:
+            raise ValueError("this report has no model inputs (was it loaded from JSON?); inspect the image again")
+        return inputs
+
+
+def measure_regions(mask: np.ndarray, amap: np.ndarray) -> list[Region]:
+    """Regions of a predicted mask, strongest first, in the report's (x0, y0, x1, y1) boxes."""
+    from data_sim.regions import regions_from_mask
+
+    h, w = mask.shape
+    out = []
+    for r in regions_from_mask(mask, min_area=max(1, int(MIN_REGION_SHARE * h * w))):
+        y0, x0, y1, x1 = r["box"]
+        out.append(Region(box=(x0, y0, x1, y1), area_share=r["area_share"], centroid=r["centroid"],
+                          cell=r["cell"], peak=float(amap[y0:y1, x0:x1].max())))
+    return sorted(out, key=lambda r: -r.peak)

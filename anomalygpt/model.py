@@ -1,0 +1,134 @@
+"""One builder that wires the frozen encoder, the decoder, the text anchors and the LVLM,
+and the checkpoint format: only trainable tensors + config + calibration are saved, the
+frozen weights are resolved by name (so the embedded checkpoint stays a few MB).
+
+Checkpoint folder:
+  config.yaml            the ModelConfig
+  detector.safetensors   decoder projections, text anchors, reference-map scale
+  lvlm.safetensors       LoRA, image projector, prompt learner (absent for detector-only)
+  calibration.json       image-score threshold and where it came from
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from . import hub
+from .config import ModelConfig, from_dict, to_dict
+from .detector import Detector
+from .encoders import build_image_encoder, text_anchors
+
+DETECTOR_FILE = "detector.safetensors"
+LVLM_FILE = "lvlm.safetensors"
+CONFIG_FILE = "config.yaml"
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass
+class Calibration:
+    """Image-score threshold learnt at training time (used when no references are given)."""
+    threshold: float = 0.5
+    source: str = "default (untrained)"
+    normal_mean: float = 0.0
+    normal_std: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Components:
+    cfg: ModelConfig
+    detector: Detector
+    lvlm: Any | None  # AnomalyLVLM, imported lazily (transformers is slow to import)
+    calibration: Calibration
+
+
+def build(cfg: ModelConfig, with_llm: bool = True, anchors: torch.Tensor | None = None) -> Components:
+    """Build every piece from the config with fresh trainable parts.
+
+    The text anchors need a text model: the CLIP text tower, or the LLM's embeddings for the
+    embedded profile. They are computed once here and stored in the decoder as a buffer; a
+    checkpoint passes its stored anchors so a detector-only load never touches the LLM.
+    """
+    clip_model = clip_tok = None
+    if cfg.encoder.backend == "open_clip":
+        clip_model, clip_tok = hub.load_open_clip(cfg.encoder.name, cfg.encoder.pretrained, cfg.encoder.model_kwargs)
+    encoder = build_image_encoder(cfg.encoder, clip_model)
+    lvlm = None
+    if with_llm or (anchors is None and cfg.text.backend == "llm"):
+        from .lvlm import AnomalyLVLM
+
+        lvlm = AnomalyLVLM.build(cfg.llm, cfg.prompt, encoder.global_dim)
+    if anchors is None:
+        if cfg.text.backend == "llm":
+            assert lvlm is not None
+            anchors = text_anchors(cfg.text, llm=lvlm.llm, tokenizer=lvlm.tokenizer)
+        else:
+            anchors = text_anchors(cfg.text, clip_model=clip_model, clip_tokenizer=clip_tok)
+    detector = Detector(cfg, encoder, anchors.shape[-1])
+    detector.decoder.set_anchors(anchors)
+    if not with_llm:
+        lvlm = None
+    return Components(cfg, detector, lvlm, Calibration())
+
+
+def _atomic_dir_write(target: Path, write: Any) -> None:
+    """Write a folder via a temp sibling + rename, so a crash never leaves half a checkpoint."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save(components: Components, path: str | Path) -> Path:
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(components.cfg), sort_keys=False))
+        save_file({k: v.detach().cpu().contiguous() for k, v in components.detector.trainable_state_dict().items()},
+                  str(tmp / DETECTOR_FILE))
+        if components.lvlm is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in components.lvlm.trainable_state_dict().items()},
+                      str(tmp / LVLM_FILE))
+        (tmp / CALIBRATION_FILE).write_text(json.dumps(components.calibration.__dict__, indent=2))
+
+    _atomic_dir_write(Path(path), write)
+    return Path(path)
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    p = Path(path) / CONFIG_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} ({CONFIG_FILE} missing); train one with "
+                                "'anomalygpt train --config configs/embedded.yaml' or give a checkpoint folder")
+    return from_dict(yaml.safe_load(p.read_text()))
+
+
+def load(path: str | Path, with_llm: bool = True) -> Components:
+    path = Path(path)
+    cfg = read_config(path)
+    det_sd = load_file(str(path / DETECTOR_FILE))
+    comps = build(cfg, with_llm=with_llm, anchors=det_sd["decoder.anchors"])
+    comps.detector.load_trainable_state_dict(det_sd)
+    if comps.lvlm is not None and (path / LVLM_FILE).is_file():
+        comps.lvlm.load_trainable_state_dict(load_file(str(path / LVLM_FILE)))
+    if (path / CALIBRATION_FILE).is_file():
+        comps.calibration = Calibration(**json.loads((path / CALIBRATION_FILE).read_text()))
+    return comps

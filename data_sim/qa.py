@@ -1,0 +1,261 @@
+"""Question/answer pairs computed from ground-truth masks, for training the chat model.
+
+Every answer is derived from the mask through ``regions`` and ``anomalygpt.grid``, so a
+training target can never disagree with the pixels, and the 3x3 cell words are the same
+ones the report and the UI use. Questions come in several phrasings (picked by the seeded
+generator) so the model learns the intent, not one sentence; the main answer keeps one
+canonical form because it is also what the evaluation parses (yes/no and cells).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from anomalygpt.grid import ALL_CELLS
+from data_sim.regions import Region, regions_from_mask, regions_from_parts
+
+QA = tuple[str, str]
+MaskInput = Union[np.ndarray, Sequence[np.ndarray]]
+
+MAIN_QUESTIONS: tuple[str, ...] = (
+    "Is there any anomaly in the image?",
+    "Are there any defects in this image?",
+    "Is there anything wrong with this part?",
+    "Do you see any anomaly in this image?",
+    "Does this image show a defect?",
+    "Is this product normal, or does it have an anomaly?",
+)
+NO_ANOMALY = "No, there are no anomalies in the image."
+SIZE_WORDS: tuple[tuple[float, str], ...] = ((0.01, "small"), (0.05, "medium"), (float("inf"), "large"))
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def join_words(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _unique(seq: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(seq))
+
+
+def location_phrase(cells: Sequence[str]) -> str:
+    """'at the top left and the bottom right of the image': each cell once, in reading
+    order (top row first, left to right), so the same set of cells always reads the same."""
+    ordered = sorted(_unique(cells), key=ALL_CELLS.index)
+    return "at " + join_words([f"the {c}" for c in ordered]) + " of the image"
+
+
+def size_word(share: float) -> str:
+    """small (< 1% of the area), medium (< 5%) or large."""
+    for limit, word in SIZE_WORDS:
+        if share < limit:
+            return word
+    return SIZE_WORDS[-1][1]
+
+
+def percent(share: float) -> str:
+    """A share (0..1) as a short percentage: '0.4%', '12%', 'less than 0.1%'."""
+    p = 100.0 * share
+    if p < 0.1:
+        return "less than 0.1%"
+    return f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
+
+
+def _count_words(n: int) -> str:
+    return _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+
+
+def to_regions(mask_or_parts: MaskInput, min_area: int = 1) -> list[Region]:
+    """Regions from one HxW mask (connected components) or a list of per-anomaly masks."""
+    if isinstance(mask_or_parts, np.ndarray) and mask_or_parts.ndim == 2:
+        return regions_from_mask(mask_or_parts, min_area)
+    return regions_from_parts(list(mask_or_parts), min_area)
+
+
+def main_answer(regions: Sequence[Region]) -> str:
+    """The canonical answer to 'Is there any anomaly in the image?'."""
+    if not regions:
+        return NO_ANOMALY
+    where = location_phrase([r["cell"] for r in regions])
+    if len(regions) == 1:
+        return f"Yes, there is an anomaly in the image, {where}."
+    return f"Yes, there are {len(regions)} anomalies in the image, {where}."
+
+
+def affected_cells(union: np.ndarray, regions: Sequence[Region], min_pixels: int = 16) -> list[str]:
+    """Grid cells holding a region's centre, or at least ``max(min_pixels, 2%)`` of the
+    anomalous pixels: a crack that grazes a cell by a few pixels does not make the whole
+    cell 'anomalous', but any real share of it does."""
+    h, w = union.shape
+    ys, xs = np.nonzero(union)
+    counts = np.zeros((3, 3), int)
+    if len(ys):
+        rows = np.minimum(2, (3 * ys) // h)
+        cols = np.minimum(2, (3 * xs) // w)
+        np.add.at(counts, (rows, cols), 1)
+    need = max(min_pixels, 0.02 * len(ys))
+    hit = {r["cell"] for r in regions}
+    for ri in range(3):
+        for ci in range(3):
+            if counts[ri, ci] >= need:
+                hit.add(_cell(ri, ci))
+    return [c for c in ALL_CELLS if c in hit]
+
+
+def _cell(ri: int, ci: int) -> str:
+    return ALL_CELLS[3 * ri + ci]
+
+
+def _q_count(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+    q = _pick(rng, ("How many anomalies are there?", "How many defects can you see?", "How many anomalous regions does the image have?"))
+    n = len(regions)
+    if n == 0:
+        return q, "There are no anomalies in the image."
+    if n == 1:
+        return q, "There is one anomaly in the image."
+    return q, f"There are {_count_words(n)} anomalies in the image."
+
+
+def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Optional[float]) -> QA:
+    plural = len(regions) > 1
+    q = _pick(
+        rng,
+        ("How large are the anomalies?", "How big are the defects?", "How much of the image is anomalous?")
+        if plural
+        else ("How large is the anomaly?", "How big is the defect?", "How much of the image is anomalous?"),
+    )
+    if not regions:
+        return q, "There is no anomaly, so no part of the image is affected."
+    scale, whole = (part_share, "the part") if part_share else (1.0, "the image")
+    total = sum(r["area_share"] for r in regions) / scale
+    if not plural:
+        return q, f"The anomaly is {size_word(total)}: it covers about {percent(total)} of {whole}."
+    big = regions[0]
+    big_share = big["area_share"] / scale
+    return q, (
+        f"Together the anomalies cover about {percent(total)} of {whole}; the largest, at the "
+        f"{big['cell']}, is {size_word(big_share)} ({percent(big_share)})."
+    )
+
+
+def _q_clean(hit: Sequence[str], rng: np.random.Generator) -> QA:
+    q = _pick(rng, ("Which areas of the image are free of anomalies?", "Where does the image look normal?", "Which parts of the image are fine?"))
+    clean = [c for c in ALL_CELLS if c not in hit]
+    if not hit:
+        return q, "The whole image looks normal."
+    if not clean:
+        return q, "No area of the image is entirely free of anomalies."
+    verb = "looks" if len(clean) == 1 else "look"
+    return q, f"{join_words([f'the {c}' for c in clean]).capitalize()} of the image {verb} normal."
+
+
+def _q_cell(hit: Sequence[str], rng: np.random.Generator) -> QA:
+    clean = [c for c in ALL_CELLS if c not in hit]
+    pool = list(hit) if hit and (not clean or rng.random() < 0.5) else clean
+    cell = pool[int(rng.integers(len(pool)))]
+    bad = cell in hit
+    if rng.random() < 0.5:
+        q = _pick(rng, (f"Is the {cell} of the image OK?", f"Does the {cell} of the image look normal?"))
+        a = f"No, there is an anomaly at the {cell} of the image." if bad else f"Yes, the {cell} of the image looks normal."
+    else:
+        q = _pick(rng, (f"Is there an anomaly at the {cell} of the image?", f"Is anything wrong at the {cell} of the image?"))
+        a = f"Yes, there is an anomaly at the {cell} of the image." if bad else f"No, the {cell} of the image looks normal."
+    return q, a
+
+
+def _q_side(hit: Sequence[str], rng: np.random.Generator) -> QA:
+    side = _pick(rng, ("left", "right", "top", "bottom"))
+    idx = ({"left": 0, "right": 2}.get(side), {"top": 0, "bottom": 2}.get(side))
+    cells = [
+        _cell(r, c) for r in range(3) for c in range(3) if (idx[0] is None or c == idx[0]) and (idx[1] is None or r == idx[1])
+    ]
+    bad = [c for c in cells if c in hit]
+    q = _pick(rng, (f"Is the {side} side OK?", f"Does the {side} side of the image look normal?"))
+    if bad:
+        return q, f"No, there is an anomaly on the {side} side, {location_phrase(bad)}."
+    return q, f"Yes, the {side} side of the image looks normal."
+
+
+def _q_box(regions: Sequence[Region], shape: tuple[int, int], rng: np.random.Generator) -> QA:
+    q = _pick(rng, ("Where exactly is the anomaly?", "Give the bounding box of the anomaly.", "Can you locate the defect precisely?"))
+    if not regions:
+        return q, "There is no anomaly, so there is nothing to locate."
+    h, w = shape
+    parts = []
+    for r in regions[:3]:
+        y0, x0, y1, x1 = r["box"]
+        parts.append(f"at the {r['cell']}, x {x0 / w:.2f}-{x1 / w:.2f} and y {y0 / h:.2f}-{y1 / h:.2f}")
+    tail = " (as fractions of the image width and height, from the top left corner)."
+    if len(regions) == 1:
+        return q, "The anomaly is " + parts[0] + tail
+    more = f" There are {len(regions) - 3} more smaller ones." if len(regions) > 3 else ""
+    return q, "The anomalies are " + "; ".join(parts) + tail + more
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+FOLLOWUP_INTENTS: tuple[str, ...] = ("count", "size", "clean", "cell", "side", "box")
+
+
+def conversation(
+    mask_or_parts: MaskInput,
+    rng: np.random.Generator,
+    min_area: int = 16,
+    n_followups: int = 3,
+    part_mask: Optional[np.ndarray] = None,
+) -> list[QA]:
+    """[(main question, main answer), follow-ups...] for one image's ground truth.
+
+    ``mask_or_parts``: a bool HxW mask (anomalies = connected components) or a list of
+    per-anomaly masks (each one anomaly, named by its own cell). ``part_mask``: the
+    object's mask, so sizes can be given as a share of the part instead of the image.
+    ``n_followups`` distinct intents are chosen by ``rng`` from ``FOLLOWUP_INTENTS``.
+    """
+    if isinstance(mask_or_parts, np.ndarray) and mask_or_parts.ndim == 2:
+        union = mask_or_parts > 0
+    else:
+        parts = [np.asarray(p) > 0 for p in mask_or_parts]
+        if not parts:
+            raise ValueError("an empty list of anomaly masks has no image size; pass an all-False HxW mask for a normal image")
+        union = np.logical_or.reduce(parts)
+    shape = union.shape
+    regions = to_regions(mask_or_parts, min_area)
+    if not regions:
+        union = np.zeros(shape, bool)
+    hit = affected_cells(union, regions, min_pixels=min_area)
+    part_share = float(part_mask.mean()) if part_mask is not None and part_mask.any() and not part_mask.all() else None
+    makers = {
+        "count": lambda: _q_count(regions, rng),
+        "size": lambda: _q_size(regions, rng, part_share),
+        "clean": lambda: _q_clean(hit, rng),
+        "cell": lambda: _q_cell(hit, rng),
+        "side": lambda: _q_side(hit, rng),
+        "box": lambda: _q_box(regions, shape, rng),
+    }
+    out: list[QA] = [(_pick(rng, MAIN_QUESTIONS), main_answer(regions))]
+    k = max(0, min(n_followups, len(FOLLOWUP_INTENTS)))
+    for i in sorted(rng.choice(len(FOLLOWUP_INTENTS), size=k, replace=False)):
+        out.append(makers[FOLLOWUP_INTENTS[int(i)]]())
+    return out
+
+
+__all__ = [
+    "MAIN_QUESTIONS",
+    "NO_ANOMALY",
+    "FOLLOWUP_INTENTS",
+    "conversation",
+    "main_answer",
+    "location_phrase",
+    "affected_cells",
+    "size_word",
+    "percent",
+    "to_regions",
+    "join_words",
+]

@@ -1,0 +1,88 @@
+"""data_sim.regions and data_sim.qa: answers follow the ground truth and the 3x3 grid words."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomalygpt.grid import ALL_CELLS, parse_cells
+from data_sim.qa import MAIN_QUESTIONS, NO_ANOMALY, conversation, main_answer, to_regions
+from data_sim.regions import regions_from_mask, regions_from_parts
+
+H, W = 90, 120
+
+
+def _blob(cy: int, cx: int, r: int = 4) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[cy - r : cy + r + 1, cx - r : cx + r + 1] = True
+    return m
+
+
+def _centre_of(cell: str) -> tuple[int, int]:
+    i = ALL_CELLS.index(cell)
+    return int((i // 3 + 0.5) * H / 3), int((i % 3 + 0.5) * W / 3)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_single_anomaly_named_by_its_cell(cell: str) -> None:
+    cy, cx = _centre_of(cell)
+    conv = conversation(_blob(cy, cx), np.random.default_rng(0))
+    q, a = conv[0]
+    assert q in MAIN_QUESTIONS
+    assert a == f"Yes, there is an anomaly in the image, at the {cell} of the image."
+    assert parse_cells(a) == [cell]
+
+
+def test_two_anomalies_each_named_by_its_own_cell() -> None:
+    m = _blob(*_centre_of("top left")) | _blob(*_centre_of("bottom right"))
+    a = conversation(m, np.random.default_rng(0))[0][1]
+    assert a == "Yes, there are 2 anomalies in the image, at the top left and the bottom right of the image."
+    assert "center" not in parse_cells(a), "must not use the centre of the union box"
+    parts = [_blob(*_centre_of("top right")), _blob(*_centre_of("center left"))]
+    a2 = conversation(parts, np.random.default_rng(0))[0][1]
+    assert parse_cells(a2) == ["top right", "center left"]
+
+
+def test_no_anomaly_answers() -> None:
+    conv = conversation(np.zeros((H, W), bool), np.random.default_rng(0), n_followups=6)
+    assert conv[0][1] == NO_ANOMALY
+    assert all("anomaly at the" not in a for _, a in conv[1:])
+    assert main_answer([]) == NO_ANOMALY
+
+
+def test_regions_from_mask_measures_box_area_centroid_cell() -> None:
+    m = np.zeros((H, W), bool)
+    m[10:20, 90:110] = True  # 200 px at the top right
+    m[70:72, 5:7] = True  # 4 px speck, dropped by min_area
+    regs = regions_from_mask(m, min_area=5)
+    assert len(regs) == 1
+    r = regs[0]
+    assert r["box"] == (10, 90, 20, 110) and r["area"] == 200
+    assert r["area_share"] == pytest.approx(200 / (H * W))
+    assert r["centroid"] == pytest.approx((14.5, 99.5))
+    assert r["cell"] == "top right"
+    assert regions_from_parts([m])[0]["area"] == 204
+
+
+def test_followups_follow_ground_truth_and_are_seeded() -> None:
+    m = _blob(*_centre_of("top left"), r=8) | _blob(*_centre_of("bottom right"), r=3)
+    a = conversation(m, np.random.default_rng(5), n_followups=6)
+    assert a == conversation(m, np.random.default_rng(5), n_followups=6)
+    assert len(a) == 7  # main + every follow-up intent
+    qa = dict(a[1:])
+    count = next(ans for q, ans in qa.items() if q.startswith("How many"))
+    assert count == "There are two anomalies in the image."
+    clean = next(ans for q, ans in qa.items() if "free of" in q or "look normal?" in q or "are fine" in q)
+    named = parse_cells(clean)
+    assert len(named) == 7 and "top left" not in named and "bottom right" not in named
+    size = next(ans for ans in qa.values() if "cover" in ans)
+    assert "%" in size and "largest, at the top left" in size
+    box = next(ans for ans in qa.values() if "x 0." in ans)
+    assert "top left" in box and "bottom right" in box
+    phrasings = {conversation(m, np.random.default_rng(s))[0][0] for s in range(30)}
+    assert len(phrasings) >= 3, "the main question should come in several phrasings"
+
+
+def test_to_regions_accepts_mask_or_parts() -> None:
+    m = _blob(*_centre_of("center"))
+    assert to_regions(m)[0]["cell"] == "center"
+    assert to_regions([m])[0]["cell"] == "center"

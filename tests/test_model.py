@@ -1,0 +1,117 @@
+"""Vision half of the model: encoders, decoder, memory bank, checkpoint round trip."""
+import pytest
+import torch
+
+from anomalygpt import model as model_io
+from anomalygpt.config import EncoderConfig, TextConfig
+from anomalygpt.decoder import PatchDecoder
+from anomalygpt.encoders import build_image_encoder, text_anchors
+from anomalygpt.memory_bank import MemoryBank, self_similarity_score
+
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def test_timm_encoder_shapes_and_frozen():
+    enc = build_image_encoder(EncoderConfig(image_size=128, levels=[2, 3]))
+    maps, glob = enc(torch.rand(2, 3, 128, 128))
+    assert [tuple(m.shape) for m in maps] == [(2, 40, 16, 16), (2, 112, 8, 8)]
+    assert glob.shape == (2, enc.global_dim) and enc.strides == [8, 16]
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training
+
+
+def test_open_clip_encoder_and_text_anchors():
+    from anomalygpt import hub
+
+    cfg = EncoderConfig(backend="open_clip", name="tiny-test-vit", pretrained="none", image_size=64, levels=[1, 3],
+                        model_kwargs={"model_cfg": TINY_CLIP})
+    model, tok = hub.load_open_clip(cfg.name, cfg.pretrained, cfg.model_kwargs)
+    enc = build_image_encoder(cfg, model)
+    maps, glob = enc(torch.rand(2, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 4, 4), (2, 64, 4, 4)]
+    assert glob.shape == (2, 32)
+    anchors = text_anchors(TextConfig(backend="open_clip", object_name="bottle"), clip_model=model, clip_tokenizer=tok)
+    assert anchors.shape == (2, 32)
+    assert torch.allclose(anchors.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_unknown_open_clip_model_is_clear():
+    from anomalygpt import hub
+
+    with pytest.raises(hub.ModelNotAvailable, match="unknown open_clip model"):
+        hub.load_open_clip("no-such-model", "none")
+
+
+def test_memory_bank_zero_for_reference_and_high_for_perturbed_patch():
+    g = torch.Generator().manual_seed(0)
+    ref = [torch.randn(1, 8, 12, 12, generator=g), torch.randn(1, 16, 6, 6, generator=g)]
+    bank = MemoryBank(pool=1, chunk=7)  # tiny chunks exercise the chunked path
+    bank.add(ref)
+    same = bank.score(ref)
+    assert all(s.abs().max() < 1e-5 for s in same)
+    bad = [r.clone() for r in ref]
+    bad[0][:, :, 5, 5] = torch.randn(8, generator=g) * 5
+    s = bank.score(bad)[0][0, 0]
+    assert s[5, 5] > 0.1 and s[5, 5] == s.max()
+    assert s[0, 0] < 1e-5
+
+
+def test_memory_bank_chunking_does_not_change_scores():
+    g = torch.Generator().manual_seed(1)
+    ref = [torch.randn(3, 8, 10, 10, generator=g)]
+    q = [torch.randn(2, 8, 10, 10, generator=g)]
+    a, b = MemoryBank(3, chunk=5), MemoryBank(3, chunk=100000)
+    a.add(ref)
+    b.add(ref)
+    assert torch.allclose(a.score(q)[0], b.score(q)[0], atol=1e-6)
+
+
+def test_self_similarity_flags_a_unique_patch():
+    x = torch.ones(1, 4, 8, 8)
+    x[0, :, :, ::2] = -1  # a repeating stripe pattern
+    x[0, :, 4, 4] = torch.tensor([3.0, -2.0, 0.5, 1.0])
+    s = self_similarity_score([x], pool=1)[0][0, 0]
+    assert s[4, 4] == s.max() and s[4, 4] > 0.1 and s[0, 0] < 1e-5
+
+
+def test_decoder_probabilities_and_gradients():
+    dec = PatchDecoder([8, 16], anchor_dim=12, temperature=0.1, pool=3)
+    dec.set_anchors(torch.randn(2, 12))
+    maps = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    prob, logits = dec(maps, (32, 32))
+    assert prob.shape == (2, 1, 32, 32) and prob.min() >= 0 and prob.max() <= 1
+    assert [tuple(l.shape) for l in logits] == [(2, 1, 8, 8), (2, 1, 4, 4)]
+    prob.mean().backward()
+    assert all(p.grad is not None for p in dec.parameters())
+    assert not dec.anchors.requires_grad
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    comps = model_io.build(tiny_config)
+    with torch.no_grad():
+        for p in comps.detector.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # make it differ from a fresh init
+        for p in comps.lvlm.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    comps.calibration.threshold = 0.42
+    model_io.save(comps, tmp_path / "ck")
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp folder left behind
+    torch.manual_seed(123)  # a different seed for the fresh trainable parts that get overwritten
+    loaded = model_io.load(tmp_path / "ck")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = comps.detector(x), loaded.detector(x)
+        assert torch.equal(a.anomaly_map, b.anomaly_map)
+        ga = comps.lvlm.generate(a.global_emb, a.anomaly_map, ["Is there any anomaly?"] * 2)
+        gb = loaded.lvlm.generate(b.global_emb, b.anomaly_map, ["Is there any anomaly?"] * 2)
+    assert ga == gb
+    assert loaded.calibration.threshold == 0.42
+
+
+def test_missing_checkpoint_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="anomalygpt train"):
+        model_io.load(tmp_path)
