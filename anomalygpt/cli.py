@@ -46,9 +46,9 @@ def _expand_images(items: Sequence[str]) -> list[str]:
 def _write_outputs(report, rgb, out_dir: Path, stem: str) -> None:
     from data_sim.imageio import write_png, write_text
 
-    from .images import overlay
+    from .images import report_overlay
 
-    write_png(out_dir / f"{stem}_overlay.png", overlay(rgb, report.anomaly_map, report.mask))
+    write_png(out_dir / f"{stem}_overlay.png", report_overlay(rgb, report))
     write_text(out_dir / f"{stem}.json", json.dumps(report.to_dict(), indent=2))
 
 
@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Inspect a bundled defective ELPV cell against bundled normal references."""
     from data_sim.imageio import write_png
 
-    from .images import load_image, overlay
+    from .images import load_image, report_overlay
     from .inspector import AnomalyGPT
 
     sample = ASSETS / "elpv_defect.png"
@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     question = "Where is the anomaly and how large is it?"
     print(f"\nQ: {question}\nA: {assistant.ask(report, question, [(report_question(), report.answer)])}")
     out = Path(args.out)
-    write_png(out / "demo_overlay.png", overlay(load_image(sample), report.anomaly_map, report.mask))
+    write_png(out / "demo_overlay.png", report_overlay(load_image(sample), report))
     print(f"\nheat map written to {out / 'demo_overlay.png'}")
     return 0
 

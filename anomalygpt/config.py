@@ -58,6 +58,10 @@ class MemoryConfig:
     chunk: int = 2048
     # weight of the reference (few-shot) map when fused with the decoder map
     weight: float = 0.5
+    # cap on reference patches per level (random, seeded subsample); 0 = keep all
+    max_patches: int = 40000
+    # leave-one-out calibration uses at most this many references (each against all others)
+    max_loo: int = 8
 
 
 @dataclass
@@ -136,6 +140,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "memory.pool": (lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),
     "memory.chunk": (lambda v: v >= 1, "a positive integer"),
     "memory.weight": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
+    "memory.max_patches": (lambda v: v >= 0, "an integer >= 0 (0 keeps every patch)"),
+    "memory.max_loo": (lambda v: v >= 2, "an integer >= 2"),
     "prompt.n_map_tokens": (lambda v: v >= 1, "a positive integer"),
     "prompt.n_base_tokens": (lambda v: v >= 0, "an integer >= 0"),
     "prompt.n_image_tokens": (lambda v: v >= 0, "an integer >= 0"),

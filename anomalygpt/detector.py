@@ -66,11 +66,13 @@ class Detector(nn.Module):
         return self.encoder(images)
 
     def build_bank(self, references: torch.Tensor, batch_size: int = 16) -> MemoryBank:
-        """Memory bank from normal reference images (N x 3 x H x W)."""
-        bank = MemoryBank(self.cfg.memory.pool, self.cfg.memory.chunk)
+        """Memory bank from normal reference images (N x 3 x H x W), subsampled to the cap."""
+        m = self.cfg.memory
+        bank = MemoryBank(m.pool, m.chunk, m.max_patches)
         for i in range(0, len(references), batch_size):
             maps, _ = self.encode(references[i:i + batch_size])
             bank.add(maps)
+        bank.subsample()
         return bank
 
     def reference_map(self, maps: list[torch.Tensor], bank: MemoryBank, size: tuple[int, int]) -> torch.Tensor:

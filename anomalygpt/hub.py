@@ -184,6 +184,9 @@ def _build_embedded_cache(target: Path) -> None:
         import gguf  # noqa: F401
     except ImportError:
         raise ModelNotAvailable("package 'gguf' is needed to read the embedded LLM; fix: pip install gguf") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # the one long load: show its progress
     gguf_file = _gguf_path()
     log.info("de-quantizing %s once (about 20 s); cached in %s", gguf_file.name, target)
     src = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
@@ -193,6 +196,7 @@ def _build_embedded_cache(target: Path) -> None:
         delattr(config, "quantization_config")
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(src.state_dict())
+    hf_logging.disable_progress_bar()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-llm-", dir=target.parent))
     os.chmod(tmp, 0o755)
@@ -242,7 +246,9 @@ def load_llm(name: str, dtype: str = "float32", quantization: str = "none",
     """(causal LM, tokenizer). 'embedded' = offline SmolLM2; 'random' = tiny random-init Llama
     (for tests) with the embedded tokenizer; anything else = HF id or local path."""
     from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load clutters the CLI; loads take < 1 s warm
     torch_dtype = getattr(torch, dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quantization != "none":

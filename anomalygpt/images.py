@@ -14,7 +14,7 @@ import torch
 
 from data_sim.imageio import ImageLike, load_image
 
-__all__ = ["load_image", "to_tensor", "batch_tensor", "overlay", "ImageLike"]
+__all__ = ["load_image", "to_tensor", "batch_tensor", "overlay", "report_overlay", "ImageLike"]
 
 
 def to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
@@ -50,3 +50,14 @@ def overlay(rgb: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, v
             cv2.line(out, (i * w // 3, 0), (i * w // 3, h - 1), (230, 230, 230), thick)
             cv2.line(out, (0, i * h // 3), (w - 1, i * h // 3), (230, 230, 230), thick)
     return out
+
+
+def heat_scale(report) -> float:
+    """Top of the heat-map colour scale: the map's peak, but never below 1.25 x threshold, so
+    the threshold sits at red-orange and a normal part does not glow red from its own small peak."""
+    return max(float(report.anomaly_map.max()), 1.25 * float(report.threshold), 1e-6)
+
+
+def report_overlay(rgb: np.ndarray, report) -> np.ndarray:
+    """The overlay shown for a report (CLI, demo and chat UI use the same picture)."""
+    return overlay(rgb, report.anomaly_map, report.mask if report.is_anomalous else None, vmax=heat_scale(report))

@@ -70,33 +70,33 @@ class AnomalyGPT:
     # ------------------------------------------------------------------ references
     @torch.no_grad()
     def build_references(self, references: Sequence[ImageLike]) -> ReferenceSet:
-        """Memory bank of k normal images, and a threshold from their leave-one-out scores.
+        """Memory bank of k normal images, and a threshold from leave-one-out scores.
 
-        Each reference is scored against a bank of the others: those scores show how far a
-        *normal* part of this product lies from k-1 normals, which calibrates the verdict for
-        this product without a hand-set number. One reference gives no such estimate, so the
-        checkpoint's threshold is used then.
+        A reference scored against the bank of the others shows how far a *normal* part of
+        this product lies from the rest, which calibrates the verdict for this product
+        without a hand-set number. At most `memory.max_loo` references are held out in turn
+        (each against all the others), so hundreds of references stay cheap. One reference
+        gives no such estimate: the checkpoint's threshold is used then.
         """
         if not references:
-            raise ValueError("references is empty; give 1-8 images of normal parts or None")
+            raise ValueError("references is empty; give 1-8 images of normal parts (or more) or None")
         x = batch_tensor([load_image(r) for r in references], self.detector.image_size)
         size = (x.shape[-2], x.shape[-1])
         bank = self.detector.build_bank(x)
         threshold, source = None, f"checkpoint calibration ({self.calibration.source})"
         if len(x) >= 2:
-            maps, glob = self.detector.encode(x)
+            n_loo = min(len(x), self.cfg.memory.max_loo)
+            held = np.linspace(0, len(x) - 1, n_loo).round().astype(int)
+            maps, glob = self.detector.encode(x[held])
             scores = []
-            for i in range(len(x)):
-                keep = [j for j in range(len(x)) if j != i]
-                loo = MemoryBank(bank.pool, bank.chunk)
-                loo.add([m[keep] for m in maps])
-                det = self.detector.detect_features([m[i:i + 1] for m in maps], glob[i:i + 1], size, loo)
+            for j, i in enumerate(held):
+                det = self.detector.detect_features([m[j:j + 1] for m in maps], glob[j:j + 1], size, bank.without(int(i)))
                 scores.append(float(det.scores[0]))
             s = np.asarray(scores)
-            # LOO scores come from banks one image smaller than the real one, so they run a
-            # little high; their max plus a spread margin keeps false alarms rare.
-            threshold = float(s.max() + 0.5 * s.std() + 0.01)
-            source = f"leave-one-out over {len(x)} references"
+            # a held-out reference faces a bank one image smaller than a query does, so its
+            # score runs a little high; max plus half a spread keeps false alarms rare
+            threshold = float(s.max() + 0.5 * s.std())
+            source = f"leave-one-out over {n_loo} of {len(x)} references"
         return ReferenceSet(bank, len(x), threshold, source)
 
     # ------------------------------------------------------------------ inspection
@@ -171,11 +171,14 @@ class AnomalyGPT:
         glob, amap = self._inputs_of(report)
         return self.lvlm.generate(glob, amap, [question], facts=[report.facts()], histories=[list(history or [])])[0]
 
-    def stream_ask(self, report: InspectionReport, question: str, history: list[tuple[str, str]] | None = None) -> Iterator[str]:
+    def stream_ask(self, report: InspectionReport, question: str, history: list[tuple[str, str]] | None = None,
+                   max_new_tokens: int | None = None) -> Iterator[str]:
+        """Like `ask`, but yields the answer in pieces while it is generated (for chats)."""
         if self.lvlm is None:
             raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
         glob, amap = self._inputs_of(report)
-        return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(), history=list(history or []))
+        return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(), history=list(history or []),
+                                         max_new_tokens=max_new_tokens)
 
     def _inputs_of(self, report: InspectionReport) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = getattr(report, "_model_inputs", None)
@@ -185,7 +188,8 @@ class AnomalyGPT:
 
 
 def measure_regions(mask: np.ndarray, amap: np.ndarray) -> list[Region]:
-    """Regions of a predicted mask, strongest first, in the report's (x0, y0, x1, y1) boxes."""
+    """Regions of a predicted mask, largest first (as in the training answers, where "the
+    anomaly" is the biggest one), in the report's (x0, y0, x1, y1) boxes."""
     from data_sim.regions import regions_from_mask
 
     h, w = mask.shape
@@ -194,4 +198,4 @@ def measure_regions(mask: np.ndarray, amap: np.ndarray) -> list[Region]:
         y0, x0, y1, x1 = r["box"]
         out.append(Region(box=(x0, y0, x1, y1), area_share=r["area_share"], centroid=r["centroid"],
                           cell=r["cell"], peak=float(amap[y0:y1, x0:x1].max())))
-    return sorted(out, key=lambda r: -r.peak)
+    return out

@@ -36,9 +36,8 @@ from torch import Tensor, nn
 from .config import LLMConfig, PromptConfig
 from .prompt_learner import PromptLearner
 
-SYSTEM_PROMPT = ("You are an industrial inspection assistant. You are shown a product image and its anomaly map, "
-                 "together with measured facts about them. Answer briefly and only from the measured facts; "
-                 "never invent defects, positions or sizes that the facts do not state.")
+# Short on purpose: every training sequence pays for these tokens, forward and backward.
+SYSTEM_PROMPT = "You are an industrial inspection assistant. Answer briefly, only from the measured facts."
 IMAGE_OPEN = "<img>"
 IMAGE_CLOSE = "</img>"
 IGNORE_INDEX = -100

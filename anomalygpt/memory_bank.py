@@ -3,7 +3,8 @@
 score = 1 - max cosine similarity between each query patch and every reference patch of
 the same level (nearest-neighbour scoring, as in PatchCore / WinCLIP+ / AnomalyGPT's
 in-context mode). The matmul is chunked over the bank so memory stays bounded for many
-references.
+references, and very large banks are subsampled at random (deterministically): on ELPV a
+10% random subset of all train normals' patches scored within noise of richer banks.
 """
 from __future__ import annotations
 
@@ -28,23 +29,57 @@ def nn_similarity(query: torch.Tensor, bank: torch.Tensor, chunk: int = 2048) ->
 
 
 class MemoryBank:
-    """Per-level banks of normalized reference patch features (no trainable state)."""
+    """Per-level banks of normalized reference patch features (no trainable state).
 
-    def __init__(self, pool: int = 3, chunk: int = 2048) -> None:
+    `owners` records which reference image each row came from, so a leave-one-out bank is a
+    mask, not a rebuild.
+    """
+
+    def __init__(self, pool: int = 3, chunk: int = 2048, max_patches: int = 0) -> None:
         self.pool = pool
         self.chunk = chunk
+        self.max_patches = max_patches
         self.banks: list[torch.Tensor] = []
+        self.owners: list[torch.Tensor] = []
+        self.n_images = 0
 
     def __len__(self) -> int:
         return 0 if not self.banks else self.banks[0].shape[0]
 
-    def clear(self) -> None:
-        self.banks = []
-
     def add(self, maps: list[torch.Tensor]) -> None:
         """Add the patches of a batch of reference images (per-level maps B x C x h x w)."""
-        flat = [_flatten(m, self.pool).reshape(-1, m.shape[1]) for m in maps]
-        self.banks = flat if not self.banks else [torch.cat([b, f]) for b, f in zip(self.banks, flat)]
+        b = maps[0].shape[0]
+        for level, m in enumerate(maps):
+            flat = _flatten(m, self.pool).reshape(-1, m.shape[1])
+            own = torch.arange(self.n_images, self.n_images + b).repeat_interleave(m.shape[2] * m.shape[3])
+            if level < len(self.banks):
+                self.banks[level] = torch.cat([self.banks[level], flat])
+                self.owners[level] = torch.cat([self.owners[level], own])
+            else:
+                self.banks.append(flat)
+                self.owners.append(own)
+        self.n_images += b
+
+    def subsample(self, seed: int = 0) -> None:
+        """Keep at most `max_patches` rows per level, drawn uniformly with a fixed seed."""
+        if self.max_patches <= 0:
+            return
+        g = torch.Generator().manual_seed(seed)
+        for level, bank in enumerate(self.banks):
+            if len(bank) > self.max_patches:
+                keep = torch.randperm(len(bank), generator=g)[: self.max_patches].sort().values
+                self.banks[level] = bank[keep]
+                self.owners[level] = self.owners[level][keep]
+
+    def without(self, image_index: int) -> "MemoryBank":
+        """A view of the bank without the patches of one reference (for leave-one-out)."""
+        out = MemoryBank(self.pool, self.chunk, self.max_patches)
+        for bank, own in zip(self.banks, self.owners):
+            keep = own != image_index
+            out.banks.append(bank[keep])
+            out.owners.append(own[keep])
+        out.n_images = self.n_images - 1
+        return out
 
     def score(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per level, 1 - max cosine to the bank (B x 1 x h x w), in 0..2."""

@@ -10,7 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from data_sim.qa import affected_cells, percent, size_word
+
 from .grid import ALL_CELLS
+
+MAX_FACT_REGIONS = 3  # the answers describe at most three regions; more only adds tokens
 
 
 @dataclass
@@ -22,27 +26,34 @@ class Region:
     peak: float = 0.0               # max of the anomaly map inside the region
 
 
-def size_word(share: float) -> str:
-    """Words for a region's size; shared by training targets and answers."""
-    if share < 0.01:
-        return "very small"
-    if share < 0.04:
-        return "small"
-    if share < 0.15:
-        return "medium-sized"
-    return "large"
+def affected(mask: np.ndarray, regions: list[Region]) -> list[str]:
+    """Cells holding a region's centre or a real share of the anomalous pixels (the rule the
+    training answers use, so "is the left side OK?" agrees with the facts)."""
+    return affected_cells(np.asarray(mask, bool), [{"cell": r.cell} for r in regions])
 
 
-def facts_text(score: float, threshold: float, regions: list[Region], object_name: str | None = None) -> str:
-    """One paragraph of measured facts, in a fixed format the LLM learns to read."""
+def facts_text(score: float, threshold: float, regions: list[Region], image_size: tuple[int, int],
+               affected_list: list[str] | None = None, object_name: str | None = None) -> str:
+    """One paragraph of measured facts, in a fixed format the LLM learns to read.
+
+    Training builds it from ground-truth masks, inference from the measured map; the words
+    (cells, size words, box fractions) are the ones the training answers use.
+    """
     verdict = "anomalous" if score >= threshold else "normal"
     obj = f" of the {object_name}" if object_name else ""
     parts = [f"Measured facts{obj}: anomaly score {score:.2f}, threshold {threshold:.2f}, verdict {verdict}."]
     if verdict == "anomalous" and regions:
-        descr = "; ".join(f"{r.cell}, {100 * r.area_share:.1f}% of the image ({size_word(r.area_share)})" for r in regions)
-        parts.append(f"{len(regions)} region{'s' if len(regions) > 1 else ''}: {descr}.")
-        clean = [c for c in ALL_CELLS if c not in {r.cell for r in regions}]
-        parts.append(f"Clean cells: {', '.join(clean)}.")
+        h, w = image_size
+        descr = []
+        for r in regions[:MAX_FACT_REGIONS]:
+            x0, y0, x1, y1 = r.box
+            descr.append(f"{r.cell}, {percent(r.area_share)} of the image ({size_word(r.area_share)}), "
+                         f"x {x0 / w:.2f}-{x1 / w:.2f}, y {y0 / h:.2f}-{y1 / h:.2f}")
+        more = f" (and {len(regions) - MAX_FACT_REGIONS} smaller)" if len(regions) > MAX_FACT_REGIONS else ""
+        parts.append(f"{len(regions)} region{'s' if len(regions) > 1 else ''}{more}: {'; '.join(descr)}.")
+        hit = affected_list if affected_list is not None else sorted({r.cell for r in regions})
+        clean = [c for c in ALL_CELLS if c not in set(hit)]
+        parts.append(f"Affected cells: {', '.join(hit)}. Clean cells: {', '.join(clean) or 'none'}.")
     elif verdict == "anomalous":
         parts.append("No compact region stands out; the deviation is spread out.")
     return " ".join(parts)
@@ -71,7 +82,9 @@ class InspectionReport:
         return "anomalous" if self.is_anomalous else "normal"
 
     def facts(self) -> str:
-        return facts_text(self.score, self.threshold, self.regions if self.is_anomalous else [], self.object_name)
+        regions = self.regions if self.is_anomalous else []
+        return facts_text(self.score, self.threshold, regions, self.image_size,
+                          affected(self.mask, regions) if regions else None, self.object_name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (maps left out: they go to image files)."""

@@ -115,3 +115,21 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_config, tmp_path):
 def test_missing_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="anomalygpt train"):
         model_io.load(tmp_path)
+
+
+def test_memory_bank_leave_one_out_and_subsample():
+    g = torch.Generator().manual_seed(2)
+    refs = [torch.randn(3, 8, 6, 6, generator=g)]
+    bank = MemoryBank(pool=1, max_patches=50)
+    bank.add([refs[0][:2]])
+    bank.add([refs[0][2:]])
+    assert bank.n_images == 3 and len(bank) == 108
+    loo = bank.without(1)
+    assert len(loo) == 72 and not (loo.owners[0] == 1).any()
+    # image 1 scored against the others is not a perfect match; against the full bank it is
+    assert bank.score([refs[0][1:2]])[0].max() < 1e-5 < loo.score([refs[0][1:2]])[0].max()
+    bank.subsample(seed=0)
+    again = MemoryBank(pool=1, max_patches=50)
+    again.add([refs[0]])
+    again.subsample(seed=0)
+    assert len(bank) == 50 and torch.equal(bank.banks[0], again.banks[0])

@@ -1,0 +1,361 @@
+"""Speed and memory of the embedded profile (BENCHMARK.md, "Speed"), with ratios to targets.
+
+    results = run_bench("embedded", repeats=20); print(format_table(results))
+
+Timings are medians on this machine in one run: the machines are shared and noisy, so the
+numbers belong here and never in a pass/fail test. Load times and peak memory are measured
+in fresh subprocesses, because in this process the modules and weights are already loaded
+and the memory already touched.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent            # so subprocesses import this checkout and find training/
+SAMPLE = PACKAGE_DIR / "assets" / "elpv_defect.png"
+
+# name -> (target, "higher"/"lower" is better, unit); the product's stated budget on 2 CPU cores
+TARGETS: dict[str, tuple[float, str, str]] = {
+    "detector_ips_batch16": (30.0, "higher", "img/s"),
+    "inspect_answer_full_s": (1.5, "lower", "s"),
+    "assistant_warm_load_s": (5.0, "lower", "s"),
+    "inspect_peak_rss_gb": (2.5, "lower", "GB"),
+}
+
+
+# ---------------------------------------------------------------------------- in-process measurements
+def sample_image() -> Path:
+    """The image shipped with the package (the one `anomalygpt inspect` demos use)."""
+    if SAMPLE.is_file():
+        return SAMPLE
+    assets = sorted((PACKAGE_DIR / "assets").glob("*.png"))
+    if not assets:
+        raise FileNotFoundError(f"no sample image in {PACKAGE_DIR / 'assets'}; reinstall the package")
+    return assets[0]
+
+
+@torch.no_grad()
+def measure_detector_throughput(assistant: Any, batch_size: int = 16, repeats: int = 5,
+                                references: int = 0) -> dict[str, Any]:
+    """Detector images/s on a fixed random batch at the checkpoint's image size (encoder,
+    decoder, fusion with a bank of `references` images when > 0, image score); one warm-up
+    call first, because the first call allocates buffers. Content does not change the cost."""
+    size = assistant.detector.image_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, size, size, generator=gen)
+    bank = assistant.detector.build_bank(torch.rand(references, 3, size, size, generator=gen)) if references else None
+    assistant.detector(x, bank)
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        assistant.detector(x, bank)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"images_per_s": batch_size / med, "batch_s_median": med, "batch_s_min": min(times),
+            "batch_size": batch_size, "image_size": size, "references": references, "repeats": len(times)}
+
+
+def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20, question: str | None = None,
+                           references: Any = None) -> dict[str, Any]:
+    """inspect() then the streamed answer to the main question, as the chat does: time to
+    the report, to the first answer text and to the full answer (the checkpoint's
+    llm.max_new_tokens, 48 for embedded), medians over `repeats` after one warm-up."""
+    from .images import load_image
+    from .inspector import DEFAULT_QUESTION
+
+    if assistant.lvlm is None:
+        raise RuntimeError("the assistant was loaded without its LLM; load it with with_llm=True")
+    img = load_image(image if image is not None else sample_image())
+    question = question or DEFAULT_QUESTION
+    rows: list[tuple[float, float, float]] = []
+    answer = ""
+    for i in range(max(1, repeats) + 1):
+        t0 = time.perf_counter()
+        report = assistant.inspect(img, references, question=None)
+        t1 = time.perf_counter()
+        first, pieces = None, []
+        for piece in assistant.stream_ask(report, question):
+            if first is None:
+                first = time.perf_counter()
+            pieces.append(piece)
+        t2 = time.perf_counter()
+        if i:  # the first round is the warm-up
+            rows.append((t1 - t0, (first or t2) - t0, t2 - t0))
+        answer = "".join(pieces)
+    inspect_s, first_s, full_s = (statistics.median(c) for c in zip(*rows))
+    # the answer re-tokenized: exact for real text, approximate for a random test model
+    n_tokens = len(assistant.lvlm.tokenizer(answer, add_special_tokens=False).input_ids)
+    return {"inspect_s_median": inspect_s, "first_token_s_median": first_s, "full_answer_s_median": full_s,
+            "answer_tokens": n_tokens, "max_new_tokens": assistant.cfg.llm.max_new_tokens, "answer": answer,
+            "repeats": len(rows)}
+
+
+# ---------------------------------------------------------------------------- subprocess measurements
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900.0) -> dict[str, Any]:
+    """Run a command; wall time, exit code, peak RSS of exactly that child (os.wait4's rusage,
+    so earlier children of this process cannot leak into the number) and the last JSON
+    line it printed."""
+    full_env = os.environ.copy()
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=full_env, cwd=str(ROOT))
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, tell Popen
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    parsed = None
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                parsed = json.loads(line)
+                break
+            except ValueError:
+                continue
+    return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+            "json": parsed, "stderr_tail": "\n".join(stderr.strip().splitlines()[-5:]),
+            "timed_out": wall >= timeout}
+
+
+def _python(code: str, env: dict[str, str] | None = None, timeout: float = 900.0) -> dict[str, Any]:
+    return run_measured([sys.executable, "-c", code], env, timeout)
+
+
+_LLM_LOAD = """
+import json, time
+t0 = time.perf_counter()
+from anomalygpt import hub
+t1 = time.perf_counter()
+hub.load_llm("embedded")
+print(json.dumps({"import_s": t1 - t0, "load_s": time.perf_counter() - t1}))
+"""
+
+_ASSISTANT_LOAD = """
+import json, sys, time
+t0 = time.perf_counter()
+from anomalygpt.inspector import AnomalyGPT
+t1 = time.perf_counter()
+AnomalyGPT.from_pretrained(sys.argv[1], with_llm=True)
+print(json.dumps({"import_s": t1 - t0, "load_s": time.perf_counter() - t1}))
+"""
+
+_INSPECT_API = """
+import sys
+from anomalygpt.inspector import AnomalyGPT
+print(AnomalyGPT.from_pretrained(sys.argv[1]).inspect(sys.argv[2]).summary())
+"""
+
+
+def _failed(r: dict[str, Any], what: str) -> dict[str, Any] | None:
+    if r["returncode"] == 0 and r["json"] is not None:
+        return None
+    return {"error": f"{what} failed (exit {r['returncode']}{', timed out' if r['timed_out'] else ''}): "
+                     f"{r['stderr_tail'][-400:]}"}
+
+
+def measure_llm_load(cold: bool, repeats: int = 3) -> dict[str, Any]:
+    """LLM load time in a fresh process. Cold = first ever: ANOMALYGPT_LLM_CACHE points at an
+    empty temp folder, so the GGUF is de-quantized and cached again. Warm = the normal cache
+    (built first if missing); median of `repeats` processes."""
+    from .hub import embedded_llm_dir
+
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="anomalygpt-cold-llm-") as tmp:
+            r = _python(_LLM_LOAD, {"ANOMALYGPT_LLM_CACHE": str(Path(tmp) / "llm")}, timeout=1800)
+        return _failed(r, "cold LLM load") or {**r["json"], "process_wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
+    note = ""
+    if not (embedded_llm_dir() / "model.safetensors").is_file():
+        first = _python(_LLM_LOAD, timeout=1800)
+        if err := _failed(first, "building the LLM cache"):
+            return err
+        note = "cache was missing and built first (not timed)"
+    runs = [_python(_LLM_LOAD) for _ in range(max(1, repeats))]
+    for r in runs:
+        if err := _failed(r, "warm LLM load"):
+            return err
+    return {"load_s": statistics.median(r["json"]["load_s"] for r in runs),
+            "import_s": statistics.median(r["json"]["import_s"] for r in runs),
+            "process_wall_s": statistics.median(r["wall_s"] for r in runs), "repeats": len(runs), "note": note}
+
+
+def measure_assistant_load(checkpoint: str = "embedded", repeats: int = 3) -> dict[str, Any]:
+    """AnomalyGPT.from_pretrained (detector + LLM + LoRA, warm caches) in fresh processes;
+    the package import time is reported apart (torch + transformers dominate it)."""
+    runs = [run_measured([sys.executable, "-c", _ASSISTANT_LOAD, str(checkpoint)]) for _ in range(max(1, repeats))]
+    for r in runs:
+        if err := _failed(r, "assistant load"):
+            return err
+    return {"load_s": statistics.median(r["json"]["load_s"] for r in runs),
+            "import_s": statistics.median(r["json"]["import_s"] for r in runs),
+            "process_wall_s": statistics.median(r["wall_s"] for r in runs), "repeats": len(runs)}
+
+
+def measure_inspect_rss(checkpoint: str = "embedded", image: str | Path | None = None) -> dict[str, Any]:
+    """Peak resident memory of `python -m anomalygpt inspect <sample>` (the CLI, when it
+    exists; otherwise the same API calls, with a note)."""
+    image = str(image or sample_image())
+    if find_spec("anomalygpt.__main__") is not None:
+        cmd = [sys.executable, "-m", "anomalygpt", "inspect", image]
+        if str(checkpoint) != "embedded":
+            cmd += ["--checkpoint", str(checkpoint)]
+        how = "python -m anomalygpt inspect " + " ".join(cmd[4:])
+    else:
+        cmd = [sys.executable, "-c", _INSPECT_API, str(checkpoint), image]
+        how = "API equivalent (anomalygpt/__main__.py missing): from_pretrained(...).inspect(sample)"
+    r = run_measured(cmd, timeout=900)
+    if r["returncode"] != 0:
+        return {"error": f"{how} failed (exit {r['returncode']}): {r['stderr_tail'][-400:]}"}
+    return {"peak_rss_gb": r["peak_rss_mb"] / 1024, "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"], "command": how}
+
+
+def measure_train_step(checkpoint: str = "embedded", steps: int = 3) -> dict[str, Any]:
+    """Seconds per optimizer step at the profile's batch size: `training.train` for a few
+    steps into a temp folder (tiny validation), read back from its metrics.csv. The first
+    step pays one-off costs (lazy init, first data), so the median of the others is used."""
+    if find_spec("training.train") is None:
+        return {"error": "training.train is not available; skipped"}
+    from .inspector import resolve_checkpoint
+
+    config = "embedded" if str(checkpoint) == "embedded" else str(resolve_checkpoint(checkpoint) / "config.yaml")
+    with tempfile.TemporaryDirectory(prefix="anomalygpt-bench-train-") as tmp:
+        out = Path(tmp) / "run"
+        r = run_measured([sys.executable, "-m", "training.train", "--config", config, "--out", str(out),
+                          f"train.steps={steps}", "train.val_samples=2", "train.checkpoint_every=100000",
+                          "train.warmup_steps=0"], timeout=3600)
+        metrics = out / "metrics.csv"
+        if not metrics.is_file():
+            return {"error": f"training run wrote no metrics.csv (exit {r['returncode']}): {r['stderr_tail'][-400:]}"}
+        with open(metrics, newline="") as fh:
+            secs = [float(row["sec_per_step"]) for row in csv.DictReader(fh) if row.get("sec_per_step")]
+        batch = None
+        run_json = out / "run.json"
+        if run_json.is_file():
+            batch = json.loads(run_json.read_text()).get("global_batch")
+    if not secs:
+        return {"error": "metrics.csv holds no sec_per_step values"}
+    steady = secs[1:] or secs
+    return {"sec_per_step": statistics.median(steady), "all_steps_s": secs, "global_batch": batch,
+            "process_wall_s": r["wall_s"], "config": config, "returncode": r["returncode"]}
+
+
+# ---------------------------------------------------------------------------- the whole bench
+def _entry(name: str, value: float | None, unit: str, note: str = "") -> dict[str, Any]:
+    target, better, _ = TARGETS.get(name, (None, None, unit))
+    ratio = ok = None
+    if value is not None and target is not None:
+        ratio = value / target
+        ok = ratio >= 1.0 if better == "higher" else ratio <= 1.0
+    return {"name": name, "value": value, "unit": unit, "target": target, "better": better, "ratio": ratio,
+            "ok": ok, "note": note}
+
+
+def _guard(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One failing measurement is reported, and the others still run."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:400]}
+
+
+def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = False) -> dict[str, Any]:
+    """Every speed/memory number of BENCHMARK.md for a checkpoint (default: the shipped
+    embedded one). `quick`: 3 repeats, no cold LLM load and no training steps (about a minute)."""
+    from .inspector import AnomalyGPT
+
+    t_start = time.perf_counter()
+    reps = 3 if quick else max(1, repeats)
+    sub_reps = 1 if quick else 3
+    m: dict[str, Any] = {}
+    assistant = AnomalyGPT.from_pretrained(checkpoint, with_llm=True)
+    m["detector_batch1"] = _guard(lambda: measure_detector_throughput(assistant, 1, max(reps, 5)))
+    m["detector_batch16"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4)))
+    m["detector_batch16_refs4"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4), 4))
+    m["inspect_answer"] = _guard(lambda: measure_inspect_answer(assistant, repeats=reps))
+    del assistant  # the subprocess measurements should not compete with its memory
+    m["llm_load_warm"] = _guard(lambda: measure_llm_load(cold=False, repeats=sub_reps))
+    m["llm_load_cold"] = {"skipped": "quick mode"} if quick else _guard(lambda: measure_llm_load(cold=True))
+    m["assistant_load_warm"] = _guard(lambda: measure_assistant_load(checkpoint, sub_reps))
+    m["inspect_rss"] = _guard(lambda: measure_inspect_rss(checkpoint))
+    m["train_step"] = {"skipped": "quick mode"} if quick else _guard(lambda: measure_train_step(checkpoint))
+
+    def val(key: str, field: str) -> float | None:
+        return m[key].get(field)
+
+    def why(key: str) -> str:
+        return m[key].get("error") or m[key].get("skipped") or ""
+
+    ia = m["inspect_answer"]
+    summary = [
+        _entry("detector_ips_batch1", val("detector_batch1", "images_per_s"), "img/s", why("detector_batch1")),
+        _entry("detector_ips_batch16", val("detector_batch16", "images_per_s"), "img/s", why("detector_batch16")),
+        _entry("detector_ips_batch16_refs4", val("detector_batch16_refs4", "images_per_s"), "img/s",
+               why("detector_batch16_refs4") or "fused with a 4-image memory bank"),
+        _entry("inspect_s", val("inspect_answer", "inspect_s_median"), "s", why("inspect_answer")),
+        _entry("inspect_first_token_s", val("inspect_answer", "first_token_s_median"), "s", why("inspect_answer")),
+        _entry("inspect_answer_full_s", val("inspect_answer", "full_answer_s_median"), "s",
+               why("inspect_answer") or f"{ia.get('answer_tokens')} answer tokens (max {ia.get('max_new_tokens')})"),
+        _entry("llm_load_cold_s", val("llm_load_cold", "load_s"), "s", why("llm_load_cold") or "de-quantize GGUF + cache"),
+        _entry("llm_load_warm_s", val("llm_load_warm", "load_s"), "s", why("llm_load_warm")),
+        _entry("assistant_warm_load_s", val("assistant_load_warm", "load_s"), "s",
+               why("assistant_load_warm") or f"+ import {m['assistant_load_warm'].get('import_s', 0):.1f} s"),
+        _entry("inspect_peak_rss_gb", val("inspect_rss", "peak_rss_gb"), "GB",
+               why("inspect_rss") or m["inspect_rss"].get("command", "")),
+        _entry("train_sec_per_step", val("train_step", "sec_per_step"), "s",
+               why("train_step") or f"global batch {m['train_step'].get('global_batch')}"),
+    ]
+    from .inspector import resolve_checkpoint
+    from .model import read_config
+
+    cfg = read_config(resolve_checkpoint(checkpoint))
+    return {"checkpoint": str(checkpoint), "profile": cfg.name, "image_size": cfg.encoder.image_size,
+            "quick": quick, "repeats": reps, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "summary": summary, "measurements": m, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The summary as a plain-text table: value, target, ratio (value / target) and status."""
+    head = (f"benchmark: checkpoint {results.get('checkpoint')} ({results.get('profile')}, {results.get('image_size')} px), "
+            f"torch threads {results.get('torch_threads')}, cpus {results.get('cpu_count')}"
+            + (", QUICK" if results.get("quick") else ""))
+    load = results.get("load_average")
+    if load:
+        head += f", load avg {load[0]:.1f}"
+    cols = f"{'measurement':<28}{'value':>14}{'target':>12}{'ratio':>8}  {'status':<6} note"
+    lines = [head, cols, "-" * len(cols)]
+    for e in results.get("summary", []):
+        v = e.get("value")
+        value = "-" if v is None else f"{v:.3g} {e['unit']}" if abs(v) < 100 else f"{v:.0f} {e['unit']}"
+        tgt = "" if e.get("target") is None else ("≥ " if e["better"] == "higher" else "≤ ") + f"{e['target']:g}"
+        ratio = "" if e.get("ratio") is None else f"{e['ratio']:.2f}"
+        status = "" if e.get("ok") is None else ("ok" if e["ok"] else "MISS")
+        if v is None and e.get("note"):
+            status = "n/a"
+        lines.append(f"{e['name']:<28}{value:>14}{tgt:>12}{ratio:>8}  {status:<6} {e.get('note', '')}".rstrip())
+    if "elapsed_s" in results:
+        lines.append(f"(bench took {results['elapsed_s']} s; ratio = value / target)")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""The bench's table and its in-process measurements run on the tiny checkpoint; no timing
+is asserted (speed targets live in the bench output, never in a pass/fail test)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from anomalygpt import bench
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_assistant(tiny_checkpoint):
+    from anomalygpt.inspector import AnomalyGPT
+
+    return AnomalyGPT.from_pretrained(tiny_checkpoint, with_llm=True)
+
+
+def test_format_table_renders_results() -> None:
+    results = {
+        "checkpoint": "embedded", "profile": "embedded", "image_size": 224, "quick": True, "torch_threads": 2,
+        "cpu_count": 2, "load_average": [3.2, 2.0, 1.0], "elapsed_s": 61.0,
+        "summary": [
+            bench._entry("detector_ips_batch16", 45.0, "img/s"),
+            bench._entry("inspect_answer_full_s", 3.0, "s", "40 answer tokens (max 48)"),
+            bench._entry("inspect_peak_rss_gb", 1.2, "GB"),
+            bench._entry("llm_load_cold_s", None, "s", "quick mode"),
+            bench._entry("train_sec_per_step", 2.5, "s"),
+        ],
+    }
+    table = bench.format_table(results)
+    lines = table.splitlines()
+    assert "QUICK" in lines[0] and "224 px" in lines[0]
+    row = {ln.split()[0]: ln for ln in lines if ln.split() and ln.split()[0] in {e["name"] for e in results["summary"]}}
+    assert "45 img/s" in row["detector_ips_batch16"] and "1.50" in row["detector_ips_batch16"]
+    assert "ok" in row["detector_ips_batch16"]
+    assert "MISS" in row["inspect_answer_full_s"] and "2.00" in row["inspect_answer_full_s"]
+    assert "ok" in row["inspect_peak_rss_gb"] and "0.48" in row["inspect_peak_rss_gb"]
+    assert "n/a" in row["llm_load_cold_s"] and "quick mode" in row["llm_load_cold_s"]
+    assert "2.5 s" in row["train_sec_per_step"]
+    assert bench._entry("x_s", 1.0, "s")["ok"] is None  # no target: reported, not judged
+
+
+def test_detector_throughput_and_answer_latency_on_tiny(tiny_assistant) -> None:
+    d = bench.measure_detector_throughput(tiny_assistant, batch_size=2, repeats=1, references=2)
+    assert d["images_per_s"] > 0 and d["image_size"] == 64 and d["batch_size"] == 2
+    a = bench.measure_inspect_answer(tiny_assistant, repeats=1)
+    assert 0 < a["inspect_s_median"] <= a["first_token_s_median"] <= a["full_answer_s_median"]
+    assert a["max_new_tokens"] == 8 and isinstance(a["answer"], str)
+
+
+def test_run_measured_reports_exit_code_rss_and_json() -> None:
+    ok = bench.run_measured([sys.executable, "-c", "import json; b = bytearray(50 * 2**20); print(json.dumps({'n': len(b)}))"])
+    assert ok["returncode"] == 0 and ok["json"] == {"n": 50 * 2**20} and ok["peak_rss_mb"] > 50
+    bad = bench.run_measured([sys.executable, "-c", "import sys; sys.exit('boom')"])
+    assert bad["returncode"] == 1 and bad["json"] is None and "boom" in bad["stderr_tail"]
