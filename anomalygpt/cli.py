@@ -165,13 +165,15 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .evaluate import format_results, run_eval
 
     shots = args.shots if args.shots == "all" else int(args.shots)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (0, 1, 2)
     res = run_eval(args.dataset, checkpoint=args.checkpoint, shots=shots, seeds=seeds, out_dir=args.out,
                    answers=not args.no_answers, max_images=args.max_images)
-    print(json.dumps(res.get("summary", res), indent=2))
+    print(format_results(res))
+    if args.out:
+        print(f"results.json and ROC/PR plots in {args.out}")
     return 0
 
 

@@ -59,7 +59,7 @@ class MemoryConfig:
     # weight of the reference (few-shot) map when fused with the decoder map
     weight: float = 0.5
     # cap on reference patches per level (random, seeded subsample); 0 = keep all
-    max_patches: int = 40000
+    max_patches: int = 120000
     # leave-one-out calibration uses at most this many references (each against all others)
     max_loo: int = 8
 
@@ -133,7 +133,7 @@ class ModelConfig:
 
 # Value checks beyond types: key path -> (predicate, what is allowed)
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "encoder.image_size": (lambda v: 32 <= v <= 1024 and v % 32 == 0, "a multiple of 32 in 32..1024"),
+    "encoder.image_size": (lambda v: 32 <= v <= 1024 and v % 16 == 0, "a multiple of 16 in 32..1024"),
     "encoder.levels": (lambda v: len(v) >= 1, "a non-empty list of stage/layer indices"),
     "decoder.temperature": (lambda v: v > 0, "a positive number"),
     "decoder.pool": (lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),

@@ -21,7 +21,7 @@ from .memory_bank import MemoryBank
 class Detection:
     anomaly_map: torch.Tensor          # B x 1 x H x W, fused map used for the verdict
     decoder_map: torch.Tensor          # B x 1 x H x W, decoder probability
-    reference_map: torch.Tensor | None  # B x 1 x H x W, normalized few-shot map (None without refs)
+    reference_map: torch.Tensor | None  # B x 1 x H x W, raw few-shot map (None without refs)
     level_logits: list[torch.Tensor]   # per level B x 1 x h x w (training targets live here)
     global_emb: torch.Tensor           # B x D
     scores: torch.Tensor               # B, image-level anomaly score
@@ -45,8 +45,10 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.decoder = PatchDecoder(encoder.dims, anchor_dim, cfg.decoder.temperature, cfg.decoder.pool)
-        # Scale of the reference map (1 - cos) on normal patches: set by calibration so the
-        # reference map and the decoder probability live on comparable 0..1 scales.
+        # Spread (std) of image scores on held-out normal images, of the decoder map and of
+        # the reference map: set by calibration. Dividing by them puts both maps in "normal
+        # spread" units, so fusing them needs no hand-tuned weight per product.
+        self.register_buffer("dec_scale", torch.tensor(1.0))
         self.register_buffer("ref_scale", torch.tensor(1.0))
         self.smooth_sigma = cfg.encoder.image_size / 56.0
 
@@ -55,12 +57,14 @@ class Detector(nn.Module):
         return self.cfg.encoder.image_size
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()} | {"ref_scale": self.ref_scale}
+        return {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()} | {
+            "dec_scale": self.dec_scale, "ref_scale": self.ref_scale}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         self.decoder.load_state_dict({k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
-        if "ref_scale" in sd:
-            self.ref_scale.copy_(sd["ref_scale"])
+        for name in ("dec_scale", "ref_scale"):
+            if name in sd:
+                getattr(self, name).copy_(sd[name])
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self.encoder(images)
@@ -76,9 +80,15 @@ class Detector(nn.Module):
         return bank
 
     def reference_map(self, maps: list[torch.Tensor], bank: MemoryBank, size: tuple[int, int]) -> torch.Tensor:
+        """Raw few-shot map: 1 - max cosine to the references, averaged over levels."""
         levels = bank.score(maps)
         up = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in levels]
-        return torch.stack(up).mean(0) / self.ref_scale.clamp_min(1e-6)
+        return torch.stack(up).mean(0)
+
+    def fuse(self, dec_map: torch.Tensor, ref_map: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the two maps, each divided by its normal spread (see dec_scale)."""
+        w = self.cfg.memory.weight
+        return (1 - w) * dec_map / self.dec_scale.clamp_min(1e-6) + w * ref_map / self.ref_scale.clamp_min(1e-6)
 
     def image_score(self, amap: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(amap, self.smooth_sigma).flatten(1).amax(1)
@@ -95,6 +105,5 @@ class Detector(nn.Module):
         fused = dec_map
         if bank is not None and len(bank):
             ref = self.reference_map(maps, bank, size)
-            w = self.cfg.memory.weight
-            fused = (1 - w) * dec_map + w * ref.clamp(0, 1)
+            fused = self.fuse(dec_map, ref)
         return Detection(fused, dec_map, ref, logits, glob, self.image_score(fused))

@@ -28,6 +28,16 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Modules that run models many times use one torch thread: on a shared 2-core machine
+    more threads only oversubscribe the cores (OpenMP barriers stall)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     from anomalygpt.config import from_dict

@@ -29,7 +29,7 @@ def test_overrides_apply_and_validate():
 @pytest.mark.parametrize("text, match", [
     ("encoder:\n  imgsize: 224\n", r"unknown config key 'encoder.imgsize'.*image_size"),
     ("bogus: 1\n", r"unknown config key 'bogus'"),
-    ("encoder:\n  image_size: 100\n", r"encoder.image_size.*multiple of 32"),
+    ("encoder:\n  image_size: 100\n", r"encoder.image_size.*multiple of 16"),
     ("encoder:\n  image_size: big\n", r"encoder.image_size.*integer"),
     ("encoder:\n  backend: tensorflow\n", r"encoder.backend.*'timm', 'open_clip'"),
     ("llm:\n  quantization: 3bit\n", r"llm.quantization.*'none', '4bit', '8bit'"),

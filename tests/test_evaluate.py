@@ -19,13 +19,7 @@ SIZE = 64
 N_GOOD, N_CRACK = 6, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The 2 cores are shared with other jobs: more torch threads only oversubscribe them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,7 @@ FACTS = ("Measured facts: anomaly score 0.91, threshold 0.50, verdict anomalous;
 QUESTIONS = ["Is there an anomaly in the image?", "Where is it?"]
 ANSWERS = ["Yes. The part is anomalous: one small defect at the top left.", "Top left."]
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the 2 cores are shared with other jobs, and with them busy, 2 OpenMP
-    threads made these small ops up to 80x slower (measured: prompt learner 130 ms vs 1.6 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def make_random(seed: int = 0, **llm_kw) -> AnomalyLVLM:

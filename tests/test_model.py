@@ -133,3 +133,34 @@ def test_memory_bank_leave_one_out_and_subsample():
     again.add([refs[0]])
     again.subsample(seed=0)
     assert len(bank) == 50 and torch.equal(bank.banks[0], again.banks[0])
+
+
+def test_clip_profile_config_is_valid():
+    from anomalygpt.config import load_config
+
+    cfg = load_config("clip_gpu")
+    assert cfg.encoder.backend == "open_clip" and cfg.text.backend == "open_clip" and cfg.llm.quantization == "4bit"
+
+
+def test_clip_path_builds_end_to_end_with_tiny_models(tmp_path):
+    """The CLIP profile's code path (open_clip encoder + text tower anchors + HF causal LM),
+    with a tiny random open_clip model and a tiny random Llama instead of hub weights."""
+    from anomalygpt.config import from_dict
+    from anomalygpt.inspector import AnomalyGPT
+
+    cfg = from_dict({
+        "encoder": {"backend": "open_clip", "name": "tiny-test-vit2", "pretrained": "none", "image_size": 64,
+                    "levels": [1, 3], "model_kwargs": {"model_cfg": TINY_CLIP}},
+        "text": {"backend": "open_clip", "object_name": "bottle"},
+        "llm": {"name": "random", "lora_r": 4, "max_new_tokens": 6},
+    })
+    comps = model_io.build(cfg)
+    assert comps.detector.decoder.anchors.shape == (2, 32)
+    model_io.save(comps, tmp_path / "clip")
+    assistant = AnomalyGPT.from_pretrained(tmp_path / "clip")
+    g = torch.Generator().manual_seed(0)
+    img = (torch.rand(80, 90, 3, generator=g) * 255).byte().numpy()
+    refs = [(torch.rand(64, 64, 3, generator=g) * 255).byte().numpy() for _ in range(2)]
+    report = assistant.inspect(img, references=refs)
+    assert report.anomaly_map.shape == (80, 90) and report.n_references == 2
+    assert isinstance(report.answer, str)

@@ -290,14 +290,6 @@ def _verdict(answer: str) -> int | None:
     return {"yes": 1, "no": 0}.get(words[0])
 
 
-def _threshold(scores: np.ndarray) -> tuple[float, dict[str, float]]:
-    """max(mean + 3 std, 99th percentile) of normal scores: few false alarms on normal parts,
-    and robust to both a heavy tail (percentile) and a tiny sample (mean + 3 std)."""
-    mean, std = float(scores.mean()), float(scores.std())
-    p99 = float(np.quantile(scores, 0.99))
-    return max(mean + 3 * std, p99), {"mean": mean, "std": std, "p99": p99}
-
-
 @torch.no_grad()
 def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images: list[Path],
              device: torch.device, batch_size: int = 8) -> tuple[Any, dict[str, Any]]:
@@ -307,6 +299,7 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
     from anomalygpt.grid import parse_cells
     from anomalygpt.inspector import measure_regions
     from anomalygpt.detector import gaussian_blur
+    from anomalygpt.calibrate import calibrate
     from anomalygpt.model import Calibration
     from anomalygpt.report import affected, facts_text
 
@@ -318,24 +311,16 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
     def tensors(paths: Sequence[Path]) -> Tensor:
         return torch.stack([torch.from_numpy(load_resized(p, size)).permute(2, 0, 1).float() / 255.0 for p in paths])
 
-    # 1. calibration on held-out normal images (decoder map alone, and fused with k references)
-    normal_scores, fused_scores = [], []
+    # 1. calibration on held-out normal images: map scales for fusion and thresholds
     k = min(REFERENCE_SHOTS, len(train_images))
     ref_idx = np.random.default_rng([tc.seed, 4242]).choice(len(train_images), k, replace=False)
-    bank = det.build_bank(tensors([train_images[int(i)] for i in ref_idx]).to(device))
-    for i in range(0, len(val_images), batch_size):
-        x = tensors(val_images[i:i + batch_size]).to(device)
-        normal_scores.append(det(x).scores.float().cpu())
-        fused_scores.append(det(x, bank).scores.float().cpu())
-    thr, stats = _threshold(torch.cat(normal_scores).numpy())
-    fthr, fstats = _threshold(torch.cat(fused_scores).numpy())
+    cal = calibrate(det, tensors(val_images).to(device), tensors([train_images[int(i)] for i in ref_idx]).to(device))
     n_norm = len(val_images)
     calibration = Calibration(
-        threshold=thr, source=f"validation on {n_norm} held-out normal images",
-        normal_mean=stats["mean"], normal_std=stats["std"],
-        extra={"rule": "max(mean + 3 std, 99th percentile) of held-out normal image scores",
-               "n_normal": n_norm, "p99": stats["p99"], "fused_threshold": fthr,
-               "fused_references": k, "fused_normal_mean": fstats["mean"], "fused_normal_std": fstats["std"]})
+        threshold=cal["threshold"], source=f"validation on {n_norm} held-out normal images",
+        normal_mean=cal["normal_mean"], normal_std=cal["normal_std"],
+        extra={"rule": "max(mean + 3 std, 99th percentile) of held-out normal image scores"} | cal)
+    thr = calibration.threshold
 
     # 2. simulated anomalies on the held-out images: pixel AUROC and the answers
     sim = dataclasses.replace(tc.sim, anomalous_fraction=0.5)

@@ -1,0 +1,61 @@
+"""The `anomalygpt` command, run in-process on the tiny checkpoint."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomalygpt.cli import main
+
+
+def _png(path, seed, size=72):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("inspect", "chat", "train", "eval", "simulate", "ui", "demo", "bench"):
+        assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "anomalygpt 0.1.0" in capsys.readouterr().out
+
+
+def test_inspect_batch_goes_on_after_a_bad_file(tmp_path, tiny_checkpoint, capsys):
+    good = [_png(tmp_path / f"g{i}.png", i) for i in range(2)]
+    refs = [_png(tmp_path / f"r{i}.png", 10 + i) for i in range(2)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    code = main(["inspect", good[0], str(bad), good[1], "--ref", *refs, "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "out"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    reports = json.loads(captured.out)
+    assert [r["source"] for r in reports] == good
+    assert all(r["n_references"] == 2 and "leave-one-out" in r["threshold_source"] for r in reports)
+    assert "broken.png" in captured.err and "1 of 3 images failed" in captured.err
+    assert (tmp_path / "out" / "g0_overlay.png").is_file() and (tmp_path / "out" / "g1.json").is_file()
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "nockpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no checkpoint" in err and "\n" not in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoder:\n  imgsize: 3\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "encoder.imgsize" in capsys.readouterr().err
+
+
+def test_simulate_writes_images_masks_qa_and_preview(tmp_path, capsys):
+    src = tmp_path / "normals"
+    src.mkdir()
+    for i in range(3):
+        _png(src / f"n{i}.png", i, size=96)
+    assert main(["simulate", "--images", str(src), "--out", str(tmp_path / "sim"), "--n", "4", "--texture"]) == 0
+    out = tmp_path / "sim"
+    assert (out / "preview.png").is_file() and (out / "qa.jsonl").is_file()
+    assert len(list((out / "images").glob("*.png"))) == 4
