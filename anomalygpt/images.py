@@ -34,13 +34,19 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def overlay(rgb: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, vmax: float | None = None,
-            grid: bool = True, alpha: float = 0.45) -> np.ndarray:
-    """Heat map blended on the image, region outlines in white, the 3x3 grid in thin lines."""
+            grid: bool = True, alpha: float = 0.6) -> np.ndarray:
+    """Heat map blended on the image, region outlines in white, the 3x3 grid in thin lines.
+
+    The heat's opacity follows its value, so normal areas keep the part visible and only
+    the anomalous ones are coloured strongly.
+    """
     h, w = rgb.shape[:2]
     m = resize_map(amap, h, w) if amap.shape != (h, w) else amap.astype(np.float32)
     top = vmax if vmax is not None else max(float(m.max()), 1e-6)
-    heat = cv2.applyColorMap(np.clip(255 * m / top, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(rgb, 1 - alpha, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), alpha, 0)
+    level = np.clip(m / top, 0, 1)
+    heat = cv2.cvtColor(cv2.applyColorMap((255 * level).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    a = (alpha * (0.15 + 0.85 * level))[..., None]
+    out = np.clip(rgb * (1 - a) + heat * a, 0, 255).astype(np.uint8)
     thick = max(1, round(min(h, w) / 200))
     if mask is not None and mask.any():
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

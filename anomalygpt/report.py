@@ -81,10 +81,20 @@ class InspectionReport:
     def verdict(self) -> str:
         return "anomalous" if self.is_anomalous else "normal"
 
+    @property
+    def affected_cells(self) -> list[str]:
+        """Cells with an anomaly (same rule as the training answers); empty when normal."""
+        return affected(self.mask, self.regions) if self.is_anomalous and self.regions else []
+
+    @property
+    def clean_cells(self) -> list[str]:
+        hit = set(self.affected_cells)
+        return [c for c in ALL_CELLS if c not in hit]
+
     def facts(self) -> str:
         regions = self.regions if self.is_anomalous else []
         return facts_text(self.score, self.threshold, regions, self.image_size,
-                          affected(self.mask, regions) if regions else None, self.object_name)
+                          self.affected_cells or None, self.object_name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (maps left out: they go to image files)."""
@@ -99,6 +109,8 @@ class InspectionReport:
             "n_references": self.n_references,
             "object_name": self.object_name,
             "regions": [asdict(r) for r in self.regions] if self.is_anomalous else [],
+            "affected_cells": self.affected_cells,
+            "clean_cells": self.clean_cells,
             "answer": self.answer,
         }
 

@@ -17,7 +17,6 @@ import threading
 
 import streamlit as st
 
-from anomalygpt.grid import ALL_CELLS
 from anomalygpt.images import load_image, report_overlay
 from anomalygpt.inspector import DEFAULT_QUESTION
 from chat_ui.inputs import (MAX_BYTES, MAX_REFERENCES, InputError, bundled_samples, chat_history, checkpoint_name,
@@ -186,7 +185,7 @@ def show_result() -> None:
         else:
             st.write("None: every cell of the 3x3 grid looks normal.")
         if bad and rows:
-            clean = [c for c in ALL_CELLS if c not in {r["position"] for r in rows}]
+            clean = report.clean_cells
             st.caption(f"Clean cells: {', '.join(clean) if clean else 'none'}")
         stem = os.path.splitext(st.session_state.input_label or "image")[0]
         d1, d2 = st.columns(2)

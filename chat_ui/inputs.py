@@ -58,7 +58,8 @@ def bundled_samples(folder: Path = ASSETS_DIR) -> dict[str, Path]:
     """Label -> path of the sample images shipped in `anomalygpt/assets/` (sorted, labelled)."""
     if not folder.is_dir():
         return {}
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    # the `*_ref*` images are normal references for the CLI demo (train split), not samples
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"} and "_ref" not in p.stem)
     return {SAMPLE_LABELS.get(p.name, p.stem.replace("_", " ")): p for p in paths}
 
 
