@@ -85,6 +85,7 @@ def _atomic_dir_write(target: Path, write: Any) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a checkpoint is meant to be shared
     try:
         write(tmp)
         old = None
