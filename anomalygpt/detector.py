@@ -85,25 +85,31 @@ class Detector(nn.Module):
         up = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in levels]
         return torch.stack(up).mean(0)
 
-    def fuse(self, dec_map: torch.Tensor, ref_map: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the two maps, each divided by its normal spread (see dec_scale)."""
+    def fuse(self, dec_map: torch.Tensor, ref_map: torch.Tensor, ref_scale: float | None = None) -> torch.Tensor:
+        """Weighted sum of the two maps, each divided by its normal spread (see dec_scale).
+
+        `ref_scale`: the reference map's spread measured on the reference set in use (its
+        leave-one-out scores); the reference map shrinks as references are added, so a
+        scale measured with 4 references would underweight a bank of hundreds.
+        """
         w = self.cfg.memory.weight
-        return (1 - w) * dec_map / self.dec_scale.clamp_min(1e-6) + w * ref_map / self.ref_scale.clamp_min(1e-6)
+        rs = ref_scale if ref_scale is not None else float(self.ref_scale)
+        return (1 - w) * dec_map / self.dec_scale.clamp_min(1e-6) + w * ref_map / max(rs, 1e-6)
 
     def image_score(self, amap: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(amap, self.smooth_sigma).flatten(1).amax(1)
 
-    def forward(self, images: torch.Tensor, bank: MemoryBank | None = None) -> Detection:
+    def forward(self, images: torch.Tensor, bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
         maps, glob = self.encode(images)
-        return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank)
+        return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank, ref_scale)
 
     def detect_features(self, maps: list[torch.Tensor], glob: torch.Tensor, size: tuple[int, int],
-                        bank: MemoryBank | None = None) -> Detection:
+                        bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
         """Decoder map, fused with the reference map when a bank is given, from encoder outputs."""
         dec_map, logits = self.decoder(maps, size)
         ref = None
         fused = dec_map
         if bank is not None and len(bank):
             ref = self.reference_map(maps, bank, size)
-            fused = self.fuse(dec_map, ref)
+            fused = self.fuse(dec_map, ref, ref_scale)
         return Detection(fused, dec_map, ref, logits, glob, self.image_score(fused))

@@ -26,6 +26,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CHECKPOINTS = {"embedded": PACKAGE_DIR / "checkpoints" / "embedded"}
 DEFAULT_QUESTION = "Is there any anomaly in the image?"
 MIN_REGION_SHARE = 0.001  # regions under 0.1% of the image are noise, not findings
+MIN_LOO_FOR_SCALE = 4     # fewer leave-one-out scores give no usable spread: use the checkpoint's
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ReferenceSet:
     n: int
     threshold: float | None
     source: str
+    ref_scale: float | None = None  # spread of the reference map on this set (None: checkpoint's)
 
 
 def resolve_checkpoint(path_or_name: str | Path) -> Path:
@@ -84,20 +86,23 @@ class AnomalyGPT:
         size = (x.shape[-2], x.shape[-1])
         bank = self.detector.build_bank(x)
         threshold, source = None, f"checkpoint calibration ({self.calibration.source})"
+        ref_scale = None
         if len(x) >= 2:
             n_loo = min(len(x), self.cfg.memory.max_loo)
             held = np.linspace(0, len(x) - 1, n_loo).round().astype(int)
             maps, glob = self.detector.encode(x[held])
-            scores = []
-            for j, i in enumerate(held):
-                det = self.detector.detect_features([m[j:j + 1] for m in maps], glob[j:j + 1], size, bank.without(int(i)))
-                scores.append(float(det.scores[0]))
-            s = np.asarray(scores)
+            dets = [self.detector.detect_features([m[j:j + 1] for m in maps], glob[j:j + 1], size, bank.without(int(i)))
+                    for j, i in enumerate(held)]
+            ref_scores = np.asarray([float(self.detector.image_score(d.reference_map)[0]) for d in dets])
+            if n_loo >= MIN_LOO_FOR_SCALE:
+                ref_scale = max(float(ref_scores.std()), 1e-4)
+            s = np.asarray([float(self.detector.image_score(self.detector.fuse(d.decoder_map, d.reference_map, ref_scale))[0])
+                            for d in dets])
             # a held-out reference faces a bank one image smaller than a query does, so its
             # score runs a little high; max plus half a spread keeps false alarms rare
             threshold = float(s.max() + 0.5 * s.std())
             source = f"leave-one-out over {n_loo} of {len(x)} references"
-        return ReferenceSet(bank, len(x), threshold, source)
+        return ReferenceSet(bank, len(x), threshold, source, ref_scale)
 
     # ------------------------------------------------------------------ inspection
     @torch.no_grad()
@@ -140,7 +145,7 @@ class AnomalyGPT:
                        object_name: str | None, question: str | None) -> list[InspectionReport]:
         size = self.detector.image_size
         x = batch_tensor([b[0] for b in batch], size)
-        det = self.detector(x, refs.bank if refs is not None else None)
+        det = self.detector(x, refs.bank if refs is not None else None, refs.ref_scale if refs is not None else None)
         threshold, source = self.threshold_for(refs)
         smooth = gaussian_blur(det.anomaly_map, self.detector.smooth_sigma)
         reports = []
