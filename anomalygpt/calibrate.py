@@ -30,20 +30,18 @@ def calibrate(detector: Detector, normals: torch.Tensor, references: torch.Tenso
     other normal images (k x 3 x S x S) forming the bank of the fused setting.
     """
     bank = detector.build_bank(references)
-    dec, ref = [], []
+    size = (normals.shape[-2], normals.shape[-1])
+    dec_maps, ref_maps = [], []
     for i in range(0, len(normals), batch_size):
-        x = normals[i:i + batch_size]
-        maps, glob = detector.encode(x)
-        size = (x.shape[-2], x.shape[-1])
-        dec_map, _ = detector.decoder(maps, size)
-        dec.append(detector.image_score(dec_map))
-        ref.append(detector.image_score(detector.reference_map(maps, bank, size)))
-    dec_s, ref_s = torch.cat(dec).numpy(), torch.cat(ref).numpy()
+        maps, _ = detector.encode(normals[i:i + batch_size])
+        dec_maps.append(detector.decoder(maps, size)[0])
+        ref_maps.append(detector.reference_map(maps, bank, size))
+    dec_s = torch.cat([detector.image_score(m) for m in dec_maps]).numpy()
+    ref_s = torch.cat([detector.image_score(m) for m in ref_maps]).numpy()
     detector.dec_scale.fill_(max(float(dec_s.std()), 1e-4))
     detector.ref_scale.fill_(max(float(ref_s.std()), 1e-4))
-    fused = []
-    for i in range(0, len(normals), batch_size):
-        fused.append(detector(normals[i:i + batch_size], bank).scores)
+    # the fused scores need the scales just set: fuse the kept maps, no second encoder pass
+    fused = [detector.image_score(detector.fuse(d, r)) for d, r in zip(dec_maps, ref_maps)]
     thr, stats = threshold_rule(dec_s)
     fthr, fstats = threshold_rule(torch.cat(fused).numpy())
     return {"threshold": thr, "normal_mean": stats["mean"], "normal_std": stats["std"], "p99": stats["p99"],

@@ -94,14 +94,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .inspector import AnomalyGPT
+    from .inspector import DEFAULT_QUESTION, AnomalyGPT
 
     assistant = AnomalyGPT.from_pretrained(args.checkpoint)
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
     report = assistant.inspect(args.image, refs, object_name=args.object)
     report.source = args.image
     print(report.summary())
-    history: list[tuple[str, str]] = [(report_question(), report.answer)]
+    history: list[tuple[str, str]] = [(DEFAULT_QUESTION, report.answer)]
     print("Ask follow-up questions (empty line or Ctrl-D to quit).")
     while True:
         try:
@@ -120,18 +120,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_question() -> str:
-    from .inspector import DEFAULT_QUESTION
-
-    return DEFAULT_QUESTION
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Inspect a bundled defective ELPV cell against bundled normal references."""
     from data_sim.imageio import write_png
 
     from .images import load_image, report_overlay
-    from .inspector import AnomalyGPT
+    from .inspector import DEFAULT_QUESTION, AnomalyGPT
 
     sample = ASSETS / "elpv_defect.png"
     refs = sorted(ASSETS.glob("elpv_normal_ref*.png"))
@@ -143,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report.source = sample.name
     print(report.summary())
     question = "Where is the anomaly and how large is it?"
-    print(f"\nQ: {question}\nA: {assistant.ask(report, question, [(report_question(), report.answer)])}")
+    print(f"\nQ: {question}\nA: {assistant.ask(report, question, [(DEFAULT_QUESTION, report.answer)])}")
     out = Path(args.out)
     write_png(out / "demo_overlay.png", report_overlay(load_image(sample), report))
     print(f"\nheat map written to {out / 'demo_overlay.png'}")

@@ -14,15 +14,20 @@ import torch
 
 from data_sim.imageio import ImageLike, load_image
 
-__all__ = ["load_image", "to_tensor", "batch_tensor", "overlay", "report_overlay", "ImageLike"]
+__all__ = ["load_image", "resize_square", "to_tensor", "batch_tensor", "overlay", "report_overlay", "ImageLike"]
+
+
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """RGB uint8 -> size x size (area resampling when shrinking). Training and inference both
+    use this, so the model sees the same pixels in both."""
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
 def to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """RGB uint8 H x W x 3 -> float 3 x size x size in 0..1 (area resampling when shrinking)."""
-    h, w = rgb.shape[:2]
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    resized = cv2.resize(rgb, (size, size), interpolation=interp)
-    return torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
+    """RGB uint8 H x W x 3 -> float 3 x size x size in 0..1."""
+    return torch.from_numpy(resize_square(rgb, size)).permute(2, 0, 1).float().div_(255.0)
 
 
 def batch_tensor(images: Sequence[np.ndarray], size: int) -> torch.Tensor:

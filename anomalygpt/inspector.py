@@ -153,10 +153,10 @@ class AnomalyGPT:
             h, w = rgb.shape[:2]
             amap = resize_map(smooth[i, 0].numpy(), h, w)
             score = float(det.scores[i])
-            mask = amap >= threshold if score >= threshold else np.zeros((h, w), bool)
+            mask, regions = measure(amap, score, threshold)
             reports.append(InspectionReport(
                 score=score, threshold=threshold, threshold_source=source, anomaly_map=amap, mask=mask,
-                regions=measure_regions(mask, amap), image_size=(h, w),
+                regions=regions, image_size=(h, w),
                 n_references=refs.n if refs is not None else 0, object_name=object_name, source=name))
             reports[-1]._model_inputs = (det.global_emb[i:i + 1], det.anomaly_map[i:i + 1])  # for follow-ups
         if question and self.lvlm is not None:
@@ -201,6 +201,14 @@ def measure_regions(mask: np.ndarray, amap: np.ndarray) -> list[Region]:
     out = []
     for r in regions_from_mask(mask, min_area=max(1, int(MIN_REGION_SHARE * h * w))):
         y0, x0, y1, x1 = r["box"]
-        out.append(Region(box=(x0, y0, x1, y1), area_share=r["area_share"], centroid=r["centroid"],
-                          cell=r["cell"], peak=float(amap[y0:y1, x0:x1].max())))
+        out.append(Region.from_measured(r, peak=float(amap[y0:y1, x0:x1].max())))
     return out
+
+
+def measure(amap: np.ndarray, score: float, threshold: float) -> tuple[np.ndarray, list[Region]]:
+    """(mask, regions) of a smoothed map: the pixels at or above the threshold, and only when
+    the image's verdict is anomalous (a normal verdict reports no region)."""
+    if score < threshold:
+        return np.zeros(amap.shape, bool), []
+    mask = amap >= threshold
+    return mask, measure_regions(mask, amap)

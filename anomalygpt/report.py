@@ -25,6 +25,13 @@ class Region:
     cell: str                       # 3x3 grid words, e.g. "top left"
     peak: float = 0.0               # max of the anomaly map inside the region
 
+    @classmethod
+    def from_measured(cls, r: dict[str, Any], peak: float = 0.0) -> "Region":
+        """From a `data_sim.regions` dict (box y0, x0, y1, x1) to the report's (x0, y0, x1, y1)."""
+        y0, x0, y1, x1 = r["box"]
+        return cls(box=(x0, y0, x1, y1), area_share=float(r["area_share"]), centroid=tuple(r["centroid"]),
+                   cell=r["cell"], peak=peak)
+
 
 def affected(mask: np.ndarray, regions: list[Region]) -> list[str]:
     """Cells holding a region's centre or a real share of the anomalous pixels (the rule the

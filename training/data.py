@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -53,23 +52,10 @@ def split_images(paths: Sequence[Path], val_fraction: float = VAL_FRACTION) -> t
 
 
 def load_resized(path: Path | str, size: int) -> np.ndarray:
-    """RGB uint8 size x size (area resampling when shrinking, as `anomalygpt.images.to_tensor`)."""
-    from data_sim.imageio import load_image
+    """RGB uint8 size x size, resampled exactly as at inference (`anomalygpt.images`)."""
+    from anomalygpt.images import load_image, resize_square
 
-    rgb = load_image(path)
-    h, w = rgb.shape[:2]
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (size, size), interpolation=interp)
-
-
-def to_report_regions(regions: Sequence[dict[str, Any]], peak: float) -> list[Region]:
-    """data_sim regions (box y0,x0,y1,x1) -> report Regions (box x0,y0,x1,y1)."""
-    out = []
-    for r in regions:
-        y0, x0, y1, x1 = r["box"]
-        out.append(Region(box=(x0, y0, x1, y1), area_share=float(r["area_share"]),
-                          centroid=tuple(r["centroid"]), cell=r["cell"], peak=peak))
-    return out
+    return resize_square(load_image(path), size)
 
 
 @dataclass
@@ -146,7 +132,7 @@ class SimulatedAnomalyDataset(Dataset):
         lo, hi = (FACTS_THRESHOLD + FACTS_MARGIN, 1.0) if label else (0.0, FACTS_THRESHOLD - FACTS_MARGIN)
         score = float(rng.uniform(lo, hi))
         union = np.logical_or.reduce(parts) if parts else mask
-        facts = facts_text(score, FACTS_THRESHOLD, to_report_regions(regions, score) if label else [],
+        facts = facts_text(score, FACTS_THRESHOLD, [Region.from_measured(r, score) for r in regions] if label else [],
                            base.shape[:2], affected_cells(union, regions, min_pixels=MIN_AREA) if label else None,
                            self.object_name)
         if len(conv) > 1 and rng.random() < self.followup_prob:

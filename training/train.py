@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from anomalygpt.config import ConfigError, ModelConfig, load_config, to_dict
 
-from .data import MAIN_QUESTION, SimulatedAnomalyDataset, StepBatchSampler, collate, load_resized, split_images
+from .data import MAIN_QUESTION, SimulatedAnomalyDataset, StepBatchSampler, collate, split_images
 from .losses import segmentation_losses
 
 log = logging.getLogger("training")
@@ -297,7 +297,8 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
     from sklearn.metrics import roc_auc_score
 
     from anomalygpt.grid import parse_cells
-    from anomalygpt.inspector import measure_regions
+    from anomalygpt.images import batch_tensor, load_image
+    from anomalygpt.inspector import measure
     from anomalygpt.detector import gaussian_blur
     from anomalygpt.calibrate import calibrate
     from anomalygpt.model import Calibration
@@ -309,7 +310,7 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
     size = det.image_size
 
     def tensors(paths: Sequence[Path]) -> Tensor:
-        return torch.stack([torch.from_numpy(load_resized(p, size)).permute(2, 0, 1).float() / 255.0 for p in paths])
+        return batch_tensor([load_image(p) for p in paths], size)
 
     # 1. calibration on held-out normal images: map scales for fusion and thresholds
     k = min(REFERENCE_SHOTS, len(train_images))
@@ -344,8 +345,7 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
         measured = []
         for b in range(len(x)):
             score = float(d.scores[b])
-            m = smooth[b, 0] >= thr if score >= thr else np.zeros(smooth.shape[-2:], bool)
-            regions = measure_regions(m, smooth[b, 0]) if m.any() else []
+            m, regions = measure(smooth[b, 0], score, thr)
             measured.append(facts_text(score, thr, regions, m.shape, affected(m, regions) if regions else None))
         qs = [MAIN_QUESTION] * len(x)
         for kind, facts in (("measured_facts", measured), ("ground_truth_facts", batch["facts"])):
