@@ -90,14 +90,17 @@ class AnomalyGPT:
         if len(x) >= 2:
             n_loo = min(len(x), self.cfg.memory.max_loo)
             held = np.linspace(0, len(x) - 1, n_loo).round().astype(int)
-            maps, glob = self.detector.encode(x[held])
-            dets = [self.detector.detect_features([m[j:j + 1] for m in maps], glob[j:j + 1], size, bank.without(int(i)))
-                    for j, i in enumerate(held)]
-            ref_scores = np.asarray([float(self.detector.image_score(d.reference_map)[0]) for d in dets])
+            maps, _ = self.detector.encode(x[held])
+            dec_map = self.detector.decoder(maps, size)[0]
+            # each held-out reference against the bank of the others; fused only once the
+            # set's own ref_scale is known, so no fusion with the checkpoint's scale is wasted
+            ref_map = torch.cat([self.detector.reference_map([m[j:j + 1] for m in maps], size=size,
+                                                             bank=bank.without(int(i)))
+                                 for j, i in enumerate(held)])
+            ref_scores = self.detector.image_score(ref_map).numpy().astype(np.float64)
             if n_loo >= MIN_LOO_FOR_SCALE:
                 ref_scale = max(float(ref_scores.std()), 1e-4)
-            s = np.asarray([float(self.detector.image_score(self.detector.fuse(d.decoder_map, d.reference_map, ref_scale))[0])
-                            for d in dets])
+            s = self.detector.image_score(self.detector.fuse(dec_map, ref_map, ref_scale)).numpy().astype(np.float64)
             # a held-out reference faces a bank one image smaller than a query does, so its
             # score runs a little high; max plus half a spread keeps false alarms rare
             threshold = float(s.max() + 0.5 * s.std())
