@@ -14,11 +14,18 @@ from .detector import Detector
 
 
 def threshold_rule(scores: np.ndarray) -> tuple[float, dict[str, float]]:
-    """max(mean + 3 std, 99th percentile) of normal scores: robust to a heavy tail
-    (percentile) and to a tiny sample (mean + 3 std)."""
+    """mean + 1 std of normal scores: the one verdict rule, for the checkpoint's held-out
+    normals and for a user's leave-one-out references alike.
+
+    Why not a far tail (99th percentile, max, mean + 3 std): real defects are often subtle
+    and score inside the upper tail of normal parts. On ELPV the tail rules called 70-75%
+    of defective cells normal without references and at 1 shot (verdict accuracy
+    0.25-0.29); mean + 1 std accepts roughly one false alarm in six normal parts for far
+    fewer misses (README, "Verdicts").
+    """
     mean, std = float(scores.mean()), float(scores.std())
     p99 = float(np.quantile(scores, 0.99))
-    return max(mean + 3 * std, p99), {"mean": mean, "std": std, "p99": p99}
+    return mean + std, {"mean": mean, "std": std, "p99": p99}
 
 
 @torch.no_grad()

@@ -80,10 +80,8 @@ class Detector(nn.Module):
         return bank
 
     def reference_map(self, maps: list[torch.Tensor], bank: MemoryBank, size: tuple[int, int]) -> torch.Tensor:
-        """Raw few-shot map: 1 - max cosine to the references, averaged over levels."""
-        levels = bank.score(maps)
-        up = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in levels]
-        return torch.stack(up).mean(0)
+        """Raw few-shot map: 1 - max cosine of each patch's multi-level feature to the references."""
+        return F.interpolate(bank.score(maps), size=size, mode="bilinear", align_corners=False)
 
     def fuse(self, dec_map: torch.Tensor, ref_map: torch.Tensor, ref_scale: float | None = None) -> torch.Tensor:
         """Weighted sum of the two maps, each divided by its normal spread (see dec_scale).

@@ -312,13 +312,14 @@ class AnomalyLVLM(nn.Module):
         return F.cross_entropy(logits[sel].float(), targets[:, pos][sel])
 
     # ------------------------------------------------------------------ generation
-    def _generation_config(self, max_new_tokens: int | None, do_sample: bool, temperature: float, top_p: float):
+    def _generation_config(self, max_new_tokens: int | None, do_sample: bool, temperature: float, top_p: float,
+                           min_new_tokens: int = 0):
         from transformers import GenerationConfig
 
         extra = {"temperature": temperature, "top_p": top_p} if do_sample else {}
         return GenerationConfig(max_new_tokens=max_new_tokens or self.llm_cfg.max_new_tokens, do_sample=do_sample,
                                 eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
-                                use_cache=True, **extra)
+                                min_new_tokens=min_new_tokens or None, use_cache=True, **extra)
 
     @torch.no_grad()
     def generate(self, global_emb: Tensor, anomaly_map: Tensor, questions: list[str],
@@ -342,8 +343,12 @@ class AnomalyLVLM(nn.Module):
 
     def stream_generate(self, global_emb: Tensor, anomaly_map: Tensor, question: str, facts: str | None = None,
                         history: list[tuple[str, str]] | None = None, max_new_tokens: int | None = None,
-                        do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9) -> Iterator[str]:
-        """One answer (batch of 1), yielded as text pieces while it is generated (for the chat UI)."""
+                        do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
+                        min_new_tokens: int = 0) -> Iterator[str]:
+        """One answer (batch of 1), yielded as text pieces while it is generated (for the chat UI).
+
+        `min_new_tokens` holds the end-of-answer token back that long (the benchmark's
+        worst-case answer length)."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         if global_emb.shape[0] != 1:
@@ -359,7 +364,8 @@ class AnomalyLVLM(nn.Module):
                 with torch.no_grad():
                     self.llm.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                       streamer=streamer, stopping_criteria=StoppingCriteriaList([_EventStop(stop)]),
-                                      generation_config=self._generation_config(max_new_tokens, do_sample, temperature, top_p))
+                                      generation_config=self._generation_config(max_new_tokens, do_sample, temperature,
+                                                                                top_p, min_new_tokens))
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(e)
                 streamer.end()

@@ -51,6 +51,10 @@ def test_detector_throughput_and_answer_latency_on_tiny(tiny_assistant) -> None:
     a = bench.measure_inspect_answer(tiny_assistant, repeats=1)
     assert 0 < a["inspect_s_median"] <= a["first_token_s_median"] <= a["full_answer_s_median"]
     assert a["max_new_tokens"] == 8 and isinstance(a["answer"], str)
+    # the worst-case row: the end-of-answer token is held back for the whole budget
+    assert tiny_assistant.lvlm._generation_config(None, False, 0.7, 0.9, 8).min_new_tokens == 8
+    forced = bench.measure_inspect_answer(tiny_assistant, repeats=1, min_new_tokens=8)
+    assert forced["answer"].strip() and forced["full_answer_s_median"] > 0
 
 
 def test_run_measured_reports_exit_code_rss_and_json() -> None:
