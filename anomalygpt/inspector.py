@@ -196,14 +196,14 @@ class AnomalyGPT:
         return inputs
 
 
-def measure_regions(mask: np.ndarray, amap: np.ndarray) -> list[Region]:
+def measure_regions(mask: np.ndarray, amap: np.ndarray, min_share: float = MIN_REGION_SHARE) -> list[Region]:
     """Regions of a predicted mask, largest first (as in the training answers, where "the
     anomaly" is the biggest one), in the report's (x0, y0, x1, y1) boxes."""
     from data_sim.regions import regions_from_mask
 
     h, w = mask.shape
     out = []
-    for r in regions_from_mask(mask, min_area=max(1, int(MIN_REGION_SHARE * h * w))):
+    for r in regions_from_mask(mask, min_area=max(1, int(min_share * h * w))):
         y0, x0, y1, x1 = r["box"]
         out.append(Region.from_measured(r, peak=float(amap[y0:y1, x0:x1].max())))
     return out
@@ -211,8 +211,24 @@ def measure_regions(mask: np.ndarray, amap: np.ndarray) -> list[Region]:
 
 def measure(amap: np.ndarray, score: float, threshold: float) -> tuple[np.ndarray, list[Region]]:
     """(mask, regions) of a smoothed map: the pixels at or above the threshold, and only when
-    the image's verdict is anomalous (a normal verdict reports no region)."""
+    the image's verdict is anomalous (a normal verdict reports no region).
+
+    An anomalous verdict always comes with at least one region: when nothing above the
+    threshold reaches the size floor (a faint, small peak; or the map's resize to the
+    image's size lowered the peak under the threshold), the peak's own component is
+    reported. Without it the facts read "anomalous, no region", a case the LLM never saw in
+    training, and it answered "no" against the verdict (4 of 100 ELPV images at 4 shots).
+    """
     if score < threshold:
         return np.zeros(amap.shape, bool), []
     mask = amap >= threshold
-    return mask, measure_regions(mask, amap)
+    regions = measure_regions(mask, amap)
+    if not regions:
+        import cv2
+
+        peak = float(amap.max())
+        _, labels = cv2.connectedComponents((amap >= min(threshold, peak)).astype(np.uint8), connectivity=8)
+        y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
+        mask = labels == labels[y, x]
+        regions = measure_regions(mask, amap, min_share=0.0)
+    return mask, regions
