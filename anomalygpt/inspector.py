@@ -63,6 +63,8 @@ class AnomalyGPT:
         self.cfg = components.cfg
         self.detector = components.detector.eval()
         self.lvlm = components.lvlm.eval() if components.lvlm is not None else None
+        if self.lvlm is not None:
+            self.lvlm.merge_lora()  # this object only infers
         self.calibration = components.calibration
 
     @classmethod

@@ -187,6 +187,23 @@ def test_generate_batch_deterministic_and_stream():
     assert streamed == m.generate(g[:1], a[:1], qs[:1], facts[:1], max_new_tokens=6)[0]
 
 
+def test_merged_lora_gives_the_same_logits_and_keeps_the_adapter():
+    m = make_random(3).eval()
+    with torch.no_grad():
+        for p in m.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # a LoRA that changes the output
+    g, a = inputs(2)
+    batch = m.prepare_inputs(g, a, ["Is it OK?", "Where?"], None, [FACTS, None], None, "left")
+    with torch.no_grad():
+        before = m.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+        state = m.trainable_state_dict()
+        m.merge_lora()
+        m.merge_lora()  # twice is harmless: no deltas added twice
+        after = m.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+    assert torch.allclose(before, after, atol=1e-4)
+    assert all(torch.equal(state[k], v) for k, v in m.trainable_state_dict().items())
+
+
 def test_stream_stops_when_consumer_stops():
     m = make_random()
     g, a = inputs(1)
