@@ -58,10 +58,11 @@ class MemoryConfig:
     chunk: int = 2048
     # weight of the reference (few-shot) map when fused with the decoder map
     weight: float = 0.5
-    # cap on reference patches per level (random, seeded subsample); 0 = keep all
+    # cap on reference patches (random, seeded subsample); 0 = keep all
     max_patches: int = 120000
-    # leave-one-out calibration uses at most this many references (each against all others)
-    max_loo: int = 8
+    # leave-one-out calibration uses at most this many references (each against all others);
+    # 16 rather than 8: the threshold's mean and std come from twice the normal scores
+    max_loo: int = 16
 
 
 @dataclass
