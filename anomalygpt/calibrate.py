@@ -21,7 +21,7 @@ def threshold_rule(scores: np.ndarray) -> tuple[float, dict[str, float]]:
     and score inside the upper tail of normal parts. On ELPV the tail rules called nearly
     every cell normal without references and at 1 shot (verdict accuracy 0.25-0.29, 0.62-0.72
     with this rule); mean + 1 std buys far fewer misses with more false alarms (10-13% of
-    normal cells there, more with 2-8 noisy leave-one-out scores; README, "Results").
+    normal cells there, more when few noisy leave-one-out scores set it; README, "Results").
     """
     mean, std = float(scores.mean()), float(scores.std())
     p99 = float(np.quantile(scores, 0.99))

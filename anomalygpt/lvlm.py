@@ -413,9 +413,9 @@ class AnomalyLVLM(nn.Module):
         projection instead of three; on 2 CPU cores answers came 13% faster and identical
         (20 of 20 on the bundled samples). The adapter weights stay in place, so
         `trainable_state_dict` still returns them, but do not train after merging."""
-        if self.lora_enabled and not getattr(self, "_merged", False):
+        # peft keeps the merged state on each LoRA layer; merging again would only warn
+        if self.lora_enabled and not any(getattr(m, "merged", False) for m in self.llm.modules()):
             self.llm.merge_adapter()
-            self._merged = True
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Exactly the parameters that train (give these to the optimizer)."""

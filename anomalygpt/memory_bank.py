@@ -18,18 +18,19 @@ import torch.nn.functional as F
 from .decoder import local_pool
 
 
+def grid_size(maps: list[torch.Tensor]) -> tuple[int, int]:
+    """(h, w) of the finest level: the grid every level is brought to."""
+    return max((m.shape[2], m.shape[3]) for m in maps)
+
+
 def patch_features(maps: list[torch.Tensor], pool: int) -> torch.Tensor:
     """Per-level maps (B x C_l x h_l x w_l) -> B x (h*w) x sum(C_l) on the finest grid,
     locally pooled and L2-normalized."""
-    h, w = max((m.shape[2], m.shape[3]) for m in maps)
+    h, w = grid_size(maps)
     up = [m.float() if m.shape[2:] == (h, w) else
           F.interpolate(m.float(), size=(h, w), mode="bilinear", align_corners=False) for m in maps]
     x = local_pool(torch.cat(up, 1), pool)
     return F.normalize(x.flatten(2).transpose(1, 2), dim=-1)
-
-
-def grid_size(maps: list[torch.Tensor]) -> tuple[int, int]:
-    return max((m.shape[2], m.shape[3]) for m in maps)
 
 
 def nn_similarity(query: torch.Tensor, bank: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
