@@ -82,6 +82,10 @@ class LLMConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     quantization: Literal["none", "4bit", "8bit"] = "none"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # weights used when decoding one token at a time at inference (see decode_weights.py):
+    # "auto" = float16 for an unquantized float32 LLM on the CPU (~2x faster decoding),
+    # else unchanged; "float32" keeps full precision
+    decode_weights: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = 48
     # tiny random-init model for tests: a transformers config dict; used when name == "random"
     random_config: dict[str, Any] = field(default_factory=dict)

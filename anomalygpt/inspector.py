@@ -65,6 +65,7 @@ class AnomalyGPT:
         self.lvlm = components.lvlm.eval() if components.lvlm is not None else None
         if self.lvlm is not None:
             self.lvlm.merge_lora()  # this object only infers
+            self.lvlm.compact_for_decoding(self.cfg.llm.decode_weights)
         self.calibration = components.calibration
 
     @classmethod

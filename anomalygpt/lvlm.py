@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import LLMConfig, PromptConfig
+from .decode_weights import DecodeLinear, compact_decode_weights
 from .prompt_learner import PromptLearner
 
 # Short on purpose: every training sequence pays for these tokens, forward and backward.
@@ -416,6 +417,25 @@ class AnomalyLVLM(nn.Module):
         # peft keeps the merged state on each LoRA layer; merging again would only warn
         if self.lora_enabled and not any(getattr(m, "merged", False) for m in self.llm.modules()):
             self.llm.merge_adapter()
+
+    def compact_for_decoding(self, decode_weights: str) -> torch.dtype:
+        """Store the frozen LLM's linear weights compactly for one-token decoding steps
+        (`decode_weights.py`); returns the dtype now used. Inference only, after
+        `merge_lora`, so the LoRA deltas are folded in at full precision first."""
+        head = self.llm.get_output_embeddings()
+        if isinstance(head, DecodeLinear):
+            return head.compact.dtype
+        current = head.weight.dtype
+        if decode_weights == "auto":
+            on_cpu = self.device.type == "cpu"
+            plain = self.llm_cfg.quantization == "none" and current == torch.float32
+            target = torch.float16 if on_cpu and plain else current
+        else:
+            target = getattr(torch, decode_weights)
+        if target != current and current == torch.float32:
+            compact_decode_weights(self.llm, target)
+            return target
+        return current
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Exactly the parameters that train (give these to the optimizer)."""
