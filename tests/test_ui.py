@@ -175,7 +175,7 @@ def test_upload_with_references_and_object_name(monkeypatch, tiny_checkpoint):
     assert_clean(at)
     report = at.session_state["report"]
     assert report.source == "part 7.png" and report.n_references == 2 and report.object_name == "solar cell"
-    assert "leave-one-out" in report.threshold_source
+    assert "too few for leave-one-out" in report.threshold_source  # 2 references: the checkpoint's threshold
     assert "solar cell" in verdict_html(at)
 
 
