@@ -9,45 +9,105 @@ float32 without AVX512 half support, and upcasting at every call costs as much a
 saves, so the float32 weight stays for several rows at once (a prompt, a batch of
 answers): ~270 MB more memory for SmolLM2-135M. Activations stay float32.
 float16 rather than bfloat16: 3 more mantissa bits; on random text the next-token argmax
-matched float32 50/50 (bfloat16: 46/50). A row whose input or output overflows float16
-is recomputed in float32.
+matched float32 50/50 (bfloat16: 46/50).
+
+Overflow: a value beyond float16's range (65504) becomes inf, and inf reaches the step's
+logits as inf or nan whichever layer it starts in (the next norm turns it into nan). So the
+check is made once per step, on the logits (`OverflowGuard`): a step whose logits are
+not finite is undone in the KV cache and recomputed in float32. Checking every layer's
+output instead cost ~15% of a decoding step (211 checks of a few microseconds each).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+class _Switch:
+    """State shared by the DecodeLinear layers of one model and its OverflowGuard."""
+
+    def __init__(self) -> None:
+        self.on = True      # compact weights allowed (off while a step is recomputed)
+        self.used = False   # a compact weight was used since the guard last reset this
+
+
 class DecodeLinear(nn.Module):
     """A frozen nn.Linear with a compact copy of its weight for one-row inputs (see module
     docstring). The float32 `weight` is the original tensor, shared, not copied."""
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype, switch: _Switch | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
         self.register_buffer("compact", linear.weight.detach().to(dtype), persistent=False)
+        self.switch = switch or _Switch()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == x.shape[-1]:  # one row: the memory-bound case the compact weight is for
+        if self.switch.on and x.numel() == x.shape[-1]:  # one row: the memory-bound case
+            self.switch.used = True
             y = F.linear(x.to(self.compact.dtype), self.compact).to(x.dtype)
-            if self.compact.dtype != torch.float16 or bool(torch.isfinite(y).all()):
-                return y if self.bias is None else y + self.bias
+            return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, compact={self.compact.dtype}"
 
 
+class OverflowGuard:
+    """Forward hooks on the causal LM: a step that used compact weights and produced
+    non-finite logits is rolled back in the KV cache and run again in float32."""
+
+    def __init__(self, switch: _Switch) -> None:
+        self.switch = switch
+        self._cached = 0
+        self.recomputed = 0  # steps redone in float32 (for tests and curiosity)
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.switch.used = False
+        cache = kwargs.get("past_key_values")
+        self._cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+
+    def after(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if not self.switch.used:
+            return None
+        logits = getattr(output, "logits", None)
+        logits = output[0] if logits is None else logits
+        if bool(torch.isfinite(logits).all()):
+            return None
+        cache = kwargs.get("past_key_values")
+        if cache is not None:
+            added = cache.get_seq_length() - self._cached
+            if added:
+                cache.crop(-added)  # negative: remove that many tokens (every transformers version)
+        self.switch.on = False
+        try:
+            self.recomputed += 1
+            return module.forward(*args, **kwargs)  # the bare forward: these hooks do not run again
+        finally:
+            self.switch.on = True
+
+
 def compact_decode_weights(llm: nn.Module, dtype: torch.dtype = torch.float16) -> int:
     """Swap every nn.Linear of a frozen float32 LLM (LoRA already merged) for a
-    DecodeLinear; returns how many were swapped. Weights shared with the input embedding
-    (a tied output head) stay shared; LoRA's own A/B layers are left alone."""
+    DecodeLinear and hook the overflow guard onto the model that computes the logits;
+    returns how many layers were swapped. Weights shared with the input embedding (a tied
+    output head) stay shared; LoRA's own A/B layers are left alone."""
     targets = [(name, m) for name, m in llm.named_modules()
                if type(m) is nn.Linear and ".lora_" not in f".{name}" and m.weight.dtype == torch.float32]
+    if not targets:
+        return 0
+    switch = _Switch()
     for name, m in targets:
         parent_name, _, child = name.rpartition(".")
         parent = llm.get_submodule(parent_name) if parent_name else llm
-        setattr(parent, child, DecodeLinear(m, dtype))
+        setattr(parent, child, DecodeLinear(m, dtype, switch))
+    # the transformers model itself: generate() calls it, and so does a peft wrapper's forward
+    guard = OverflowGuard(switch)
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    base.register_forward_pre_hook(guard.before, with_kwargs=True)
+    base.register_forward_hook(guard.after, with_kwargs=True)
+    llm.decode_overflow_guard = guard
     return len(targets)

@@ -65,7 +65,8 @@ class TimmImageEncoder(ImageEncoder):
         super().__init__()
         import timm
 
-        last = len(timm.create_model(cfg.name, pretrained=False, features_only=True).feature_info) - 1
+        with torch.device("meta"):  # only the stage count is read
+            last = len(timm.create_model(cfg.name, pretrained=False, features_only=True).feature_info) - 1
         self.levels = list(cfg.levels)
         if any(not 0 <= i <= last for i in self.levels):
             raise ValueError(f"encoder.levels {self.levels} out of range for {cfg.name}: use stage indices 0..{last}")

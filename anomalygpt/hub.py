@@ -121,14 +121,19 @@ def load_timm_features(name: str, pretrained: str, levels: list[int]) -> nn.Modu
         if name != "tf_efficientnet_lite0":
             raise ModelNotAvailable(f"embedded weights exist only for tf_efficientnet_lite0, not '{name}'; "
                                     "set encoder.pretrained to none, a hub tag or a checkpoint path")
-        full = timm.create_model(name, pretrained=False)
+        with torch.device("meta"):  # only its key order and shapes are read: no memory, no init
+            full = timm.create_model(name, pretrained=False)
         sd = embedded_timm_state_dict(full)
-        model = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(levels))
+        with torch.device("meta"):  # every tensor is assigned from `sd` below: skip the random init
+            model = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(levels))
         own = model.state_dict()
         missing = [k for k in own if k not in sd]
         if missing:
             raise ModelNotAvailable(f"embedded weights lack {len(missing)} feature tensors (e.g. {missing[0]})")
-        model.load_state_dict({k: sd[k] for k in own})
+        model.load_state_dict({k: sd[k] for k in own}, assign=True)
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise ModelNotAvailable(f"embedded encoder: {len(left)} tensors not in the weights file (e.g. {left[0]})")
     else:
         model = _timm_create(name, pretrained, features_only=True, out_indices=tuple(levels))
     return model.eval()

@@ -32,17 +32,35 @@ def test_one_row_uses_compact_weight_many_rows_float32(dtype):
         assert torch.allclose(out, lin(row), atol=tol)
 
 
-@pytest.mark.parametrize("value", [1e5, 3e3])  # input beyond float16; output beyond it
-def test_float16_overflow_is_recomputed_in_float32(value):
+def test_one_row_overflow_reaches_output_as_inf_for_the_guard():
     lin = _linear(bias=False)
     with torch.no_grad():
-        lin.weight.fill_(1.0)  # each output = 64 x value
-    dec = DecodeLinear(lin, torch.float16)
-    big = torch.full((1, 64), value)
+        lin.weight.fill_(1.0)  # each output = 64 x 3e3, beyond float16
+        dec = DecodeLinear(lin, torch.float16)
+        big = torch.full((1, 64), 3e3)
+        assert not torch.isfinite(dec(big)).all()          # one row: float16, overflows
+        assert torch.equal(dec(big.repeat(2, 1))[:1], lin(big))  # two rows: float32
+
+
+@pytest.mark.parametrize("where", ["model.layers.0.mlp.down_proj", "lm_head"])
+def test_overflowing_step_is_recomputed_in_float32(where):
+    """inf in a compact weight (as float16 overflow would give) anywhere in the network:
+    every decoding step is rolled back and redone in float32, so the greedy answer is the
+    float32 model's, token for token."""
+    torch.manual_seed(0)
+    m = make_random().eval()
+    g, a = inputs(1)
+    m.merge_lora()
+    ask = lambda: m.generate(g, a, ["Is there an anomaly?"], facts=[FACTS], max_new_tokens=10)  # noqa: E731
+    reference = ask()
+    m.compact_for_decoding("float16")
+    layer = next(mod for n, mod in m.llm.named_modules() if n.endswith(where))
+    assert isinstance(layer, DecodeLinear)
     with torch.no_grad():
-        out = dec(big)
-        assert torch.isfinite(out).all()
-        assert torch.equal(out, lin(big))
+        layer.compact[0, 0] = float("inf")
+    guard = m.llm.decode_overflow_guard
+    assert ask() == reference and reference[0]
+    assert 0 < guard.recomputed <= 10  # at most every step, incl. the prompt step (its head sees one row)
 
 
 def test_compact_swaps_linears_but_not_lora_or_embeddings():
