@@ -71,7 +71,7 @@ class AnomalyGPT:
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True) -> "AnomalyGPT":
         """Load a checkpoint folder (or 'embedded', the one shipped with the package)."""
-        return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm))
+        return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm, fold_lora=True))
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()

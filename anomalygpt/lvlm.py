@@ -66,7 +66,7 @@ class AnomalyLVLM(nn.Module):
     """Frozen causal LM + LoRA + image projector + PromptLearner, trained on answers only."""
 
     def __init__(self, llm: nn.Module, tokenizer: Any, image_dim: int, prompt_cfg: PromptConfig,
-                 llm_cfg: LLMConfig) -> None:
+                 llm_cfg: LLMConfig, fold_lora: bool = False) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.prompt_cfg = prompt_cfg
@@ -86,7 +86,11 @@ class AnomalyLVLM(nn.Module):
             # weights does not train stably without it
             from peft import prepare_model_for_kbit_training
             llm = prepare_model_for_kbit_training(llm)
-        self.lora_enabled = llm_cfg.lora_r > 0
+        # fold_lora (inference only): no peft wrapper; the LoRA tensors of a checkpoint are
+        # added into the frozen weights when loaded. Importing peft alone took 1.8 s of the
+        # assistant's ~7 s warm load on 2 CPU cores, and inference merges LoRA anyway.
+        self.lora_folded = llm_cfg.lora_r > 0 and fold_lora
+        self.lora_enabled = llm_cfg.lora_r > 0 and not fold_lora
         if self.lora_enabled:
             llm = _add_lora(llm, llm_cfg)
         self.llm = llm
@@ -115,13 +119,14 @@ class AnomalyLVLM(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, llm_cfg: LLMConfig, prompt_cfg: PromptConfig, image_dim: int) -> "AnomalyLVLM":
+    def build(cls, llm_cfg: LLMConfig, prompt_cfg: PromptConfig, image_dim: int,
+              fold_lora: bool = False) -> "AnomalyLVLM":
         """Load the LLM named in `llm_cfg` through the hub (embedded / random / HF id) and wrap it."""
         from .hub import load_llm
 
         llm, tok = load_llm(llm_cfg.name, dtype=llm_cfg.dtype, quantization=llm_cfg.quantization,
                             random_config=llm_cfg.random_config or None)
-        return cls(llm, tok, image_dim, prompt_cfg, llm_cfg)
+        return cls(llm, tok, image_dim, prompt_cfg, llm_cfg, fold_lora=fold_lora)
 
     @property
     def n_visual_tokens(self) -> int:
@@ -398,16 +403,24 @@ class AnomalyLVLM(nn.Module):
         ("lora.model.layers.0.self_attn.q_proj.lora_A.weight"), so they do not depend on peft's
         wrapper prefixes.
         """
-        if self.image_proj is not None:
-            for n, p in self.image_proj.named_parameters():
-                yield f"image_proj.{n}", p
-        for n, p in self.prompt_learner.named_parameters():
-            yield f"prompt_learner.{n}", p
+        if self.lora_folded:
+            raise RuntimeError("this LVLM was loaded for inference with LoRA folded into the LLM's weights, so it "
+                               "has no trainable state; load the checkpoint with anomalygpt.model.load(path) to "
+                               "train or save it")
+        yield from self._named_adapters()
         if self.lora_enabled:
             adapter = f".{getattr(self.llm, 'active_adapter', 'default')}."
             for n, p in self.llm.get_base_model().named_parameters():
                 if ".lora_" in n:
                     yield "lora." + n.replace(adapter, "."), p
+
+    def _named_adapters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The image projector's and prompt learner's parameters (trainable parts besides LoRA)."""
+        if self.image_proj is not None:
+            for n, p in self.image_proj.named_parameters():
+                yield f"image_proj.{n}", p
+        for n, p in self.prompt_learner.named_parameters():
+            yield f"prompt_learner.{n}", p
 
     def merge_lora(self) -> None:
         """Fold the LoRA deltas into the frozen weights, for inference only: one matmul per
@@ -447,6 +460,9 @@ class AnomalyLVLM(nn.Module):
 
     def load_trainable_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
         """Copy tensors saved by `trainable_state_dict` into this model (shapes must match)."""
+        if self.lora_folded:
+            self._load_folded(state_dict, strict)
+            return
         own = dict(self._named_trainable())
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
@@ -463,6 +479,41 @@ class AnomalyLVLM(nn.Module):
                     raise ValueError(f"trainable tensor '{name}' has shape {tuple(t.shape)} in the checkpoint but "
                                      f"{tuple(p.shape)} in the model; it was saved with other settings")
                 p.copy_(t.to(p.device, p.dtype))
+
+    def _load_folded(self, state_dict: dict[str, Tensor], strict: bool) -> None:
+        """Inference load without peft: image projector and prompt learner are copied, each
+        LoRA pair is added into its frozen weight as (alpha / r) * B @ A, peft's own merge."""
+        if getattr(self, "_lora_folded_in", False):
+            raise RuntimeError("LoRA is already folded into this LLM's weights; build a new model to load another state")
+        rest = {k: v for k, v in state_dict.items() if not k.startswith("lora.")}
+        own = dict(self._named_adapters())
+        targets = {name: m for name, m in self.llm.named_modules()
+                   if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in self.llm_cfg.lora_targets}
+        expected = set(own) | {f"lora.{n}.lora_{ab}.weight" for n in targets for ab in "AB"}
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if strict and (missing or unexpected):
+            raise ValueError(f"trainable state does not fit this model: {len(missing)} missing (e.g. {missing[:2]}), "
+                             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was it saved with other "
+                             "llm/prompt settings (lora_r, lora_targets, n_*_tokens, LLM)?")
+        scale = self.llm_cfg.lora_alpha / self.llm_cfg.lora_r
+        with torch.no_grad():
+            for name, m in targets.items():
+                a, b = state_dict.get(f"lora.{name}.lora_A.weight"), state_dict.get(f"lora.{name}.lora_B.weight")
+                if a is None or b is None:
+                    continue
+                w = m.weight
+                if tuple(b.shape) != (w.shape[0], self.llm_cfg.lora_r) or tuple(a.shape) != (self.llm_cfg.lora_r, w.shape[1]):
+                    raise ValueError(f"LoRA tensors of '{name}' ({tuple(a.shape)}, {tuple(b.shape)}) do not fit its "
+                                     f"weight {tuple(w.shape)} with lora_r {self.llm_cfg.lora_r}")
+                w.add_((b.float() @ a.float() * scale).to(w.dtype))
+            for name, p in own.items():
+                if name in rest:
+                    t = rest[name]
+                    if tuple(t.shape) != tuple(p.shape):
+                        raise ValueError(f"trainable tensor '{name}' has shape {tuple(t.shape)} in the checkpoint but "
+                                         f"{tuple(p.shape)} in the model; it was saved with other settings")
+                    p.copy_(t.to(p.device, p.dtype))
+        self._lora_folded_in = True
 
     def save_trainable(self, path: str | Path) -> None:
         """Write the trainable state as safetensors, atomically (temp file + rename)."""

@@ -51,7 +51,8 @@ class Components:
     calibration: Calibration
 
 
-def build(cfg: ModelConfig, with_llm: bool = True, anchors: torch.Tensor | None = None) -> Components:
+def build(cfg: ModelConfig, with_llm: bool = True, anchors: torch.Tensor | None = None,
+          fold_lora: bool = False) -> Components:
     """Build every piece from the config with fresh trainable parts.
 
     The text anchors need a text model: the CLIP text tower, or the LLM's embeddings for the
@@ -66,7 +67,7 @@ def build(cfg: ModelConfig, with_llm: bool = True, anchors: torch.Tensor | None 
     if with_llm or (anchors is None and cfg.text.backend == "llm"):
         from .lvlm import AnomalyLVLM
 
-        lvlm = AnomalyLVLM.build(cfg.llm, cfg.prompt, encoder.global_dim)
+        lvlm = AnomalyLVLM.build(cfg.llm, cfg.prompt, encoder.global_dim, fold_lora=fold_lora)
     if anchors is None:
         if cfg.text.backend == "llm":
             assert lvlm is not None
@@ -122,11 +123,13 @@ def read_config(path: str | Path) -> ModelConfig:
     return from_dict(yaml.safe_load(p.read_text()))
 
 
-def load(path: str | Path, with_llm: bool = True) -> Components:
+def load(path: str | Path, with_llm: bool = True, fold_lora: bool = False) -> Components:
+    """A checkpoint folder as components. `fold_lora` (inference only) adds the LoRA deltas
+    into the LLM's weights without peft; such an LVLM cannot be trained or saved."""
     path = Path(path)
     cfg = read_config(path)
     det_sd = load_file(str(path / DETECTOR_FILE))
-    comps = build(cfg, with_llm=with_llm, anchors=det_sd["decoder.anchors"])
+    comps = build(cfg, with_llm=with_llm, anchors=det_sd["decoder.anchors"], fold_lora=fold_lora)
     comps.detector.load_trainable_state_dict(det_sd)
     if comps.lvlm is not None and (path / LVLM_FILE).is_file():
         comps.lvlm.load_trainable_state_dict(load_file(str(path / LVLM_FILE)))

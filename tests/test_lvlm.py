@@ -309,3 +309,42 @@ def test_embedded_generates_text(embedded):
     out = embedded.generate(g, amap, ["Is there a defect, and where is it?"], [FACTS], max_new_tokens=16)
     assert len(out) == 1 and out[0].strip(), out
     print("embedded answer:", out[0])
+
+
+# ----------------------------------------------------------------------------- LoRA folded at load
+def test_folded_lora_matches_peft_merge_and_refuses_training():
+    """Inference loads fold LoRA into the weights without peft: same logits as peft's merge."""
+    trained = make_random()
+    with torch.no_grad():  # LoRA B starts at zero: give the deltas something to fold
+        for name, p in trained._named_trainable():
+            p.add_(0.05 * torch.randn_like(p))
+    state = trained.trainable_state_dict()
+    assert any(k.startswith("lora.") for k in state)
+    trained.merge_lora()
+    torch.manual_seed(0)
+    folded = AnomalyLVLM.build(LLMConfig(name="random", lora_dropout=0.0), PromptConfig(), image_dim=IMAGE_DIM,
+                               fold_lora=True)
+    assert not any("lora_" in n for n, _ in folded.llm.named_modules())
+    folded.load_trainable_state_dict(state)
+    g, a = inputs(2)
+    trained.eval(), folded.eval()
+    with torch.no_grad():
+        x = trained.prepare_inputs(g, a, QUESTIONS, facts=[FACTS, None], padding_side="left")
+        ref = trained.llm(inputs_embeds=x.inputs_embeds, attention_mask=x.attention_mask).logits
+        y = folded.prepare_inputs(g, a, QUESTIONS, facts=[FACTS, None], padding_side="left")
+        out = folded.llm(inputs_embeds=y.inputs_embeds, attention_mask=y.attention_mask).logits
+    assert torch.equal(x.inputs_embeds, y.inputs_embeds)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert folded.generate(g, a, QUESTIONS, max_new_tokens=8) == trained.generate(g, a, QUESTIONS, max_new_tokens=8)
+    with pytest.raises(RuntimeError, match="folded"):
+        folded.trainable_state_dict()
+    with pytest.raises(RuntimeError, match="already folded"):
+        folded.load_trainable_state_dict(state)
+
+
+def test_folded_lora_rejects_a_state_of_other_settings():
+    state = make_random().trainable_state_dict()
+    torch.manual_seed(0)
+    folded = AnomalyLVLM.build(LLMConfig(name="random", lora_r=4), PromptConfig(), image_dim=IMAGE_DIM, fold_lora=True)
+    with pytest.raises(ValueError, match="lora_r"):
+        folded.load_trainable_state_dict(state)
