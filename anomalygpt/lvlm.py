@@ -91,6 +91,7 @@ class AnomalyLVLM(nn.Module):
         # assistant's ~7 s warm load on 2 CPU cores, and inference merges LoRA anyway.
         self.lora_folded = llm_cfg.lora_r > 0 and fold_lora
         self.lora_enabled = llm_cfg.lora_r > 0 and not fold_lora
+        self._lora_folded_in = False  # set once the checkpoint's LoRA is added into the weights
         if self.lora_enabled:
             llm = _add_lora(llm, llm_cfg)
         self.llm = llm
@@ -459,13 +460,17 @@ class AnomalyLVLM(nn.Module):
         return {n: p.detach().clone() for n, p in self._named_trainable()}
 
     def load_trainable_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
-        """Copy tensors saved by `trainable_state_dict` into this model (shapes must match)."""
-        if self.lora_folded:
-            self._load_folded(state_dict, strict)
-            return
-        own = dict(self._named_trainable())
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
+        """Copy tensors saved by `trainable_state_dict` into this model (shapes must match).
+
+        With LoRA folded (inference loads without peft) the LoRA pairs are not copied but
+        added into their frozen weights, once (`_fold_lora`)."""
+        if self._lora_folded_in:
+            raise RuntimeError("LoRA is already folded into this LLM's weights; build a new model to load another state")
+        own = dict(self._named_adapters() if self.lora_folded else self._named_trainable())
+        folds = self._lora_fold_targets() if self.lora_folded else {}
+        expected = set(own) | {f"lora.{n}.lora_{ab}.weight" for n in folds for ab in "AB"}
+        missing = sorted(expected - set(state_dict))
+        unexpected = sorted(set(state_dict) - expected)
         if strict and (missing or unexpected):
             raise ValueError(f"trainable state does not fit this model: {len(missing)} missing (e.g. {missing[:2]}), "
                              f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was it saved with other "
@@ -479,40 +484,27 @@ class AnomalyLVLM(nn.Module):
                     raise ValueError(f"trainable tensor '{name}' has shape {tuple(t.shape)} in the checkpoint but "
                                      f"{tuple(p.shape)} in the model; it was saved with other settings")
                 p.copy_(t.to(p.device, p.dtype))
+            if self.lora_folded:
+                self._fold_lora(folds, state_dict)
 
-    def _load_folded(self, state_dict: dict[str, Tensor], strict: bool) -> None:
-        """Inference load without peft: image projector and prompt learner are copied, each
-        LoRA pair is added into its frozen weight as (alpha / r) * B @ A, peft's own merge."""
-        if getattr(self, "_lora_folded_in", False):
-            raise RuntimeError("LoRA is already folded into this LLM's weights; build a new model to load another state")
-        rest = {k: v for k, v in state_dict.items() if not k.startswith("lora.")}
-        own = dict(self._named_adapters())
-        targets = {name: m for name, m in self.llm.named_modules()
-                   if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in self.llm_cfg.lora_targets}
-        expected = set(own) | {f"lora.{n}.lora_{ab}.weight" for n in targets for ab in "AB"}
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if strict and (missing or unexpected):
-            raise ValueError(f"trainable state does not fit this model: {len(missing)} missing (e.g. {missing[:2]}), "
-                             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was it saved with other "
-                             "llm/prompt settings (lora_r, lora_targets, n_*_tokens, LLM)?")
-        scale = self.llm_cfg.lora_alpha / self.llm_cfg.lora_r
-        with torch.no_grad():
-            for name, m in targets.items():
-                a, b = state_dict.get(f"lora.{name}.lora_A.weight"), state_dict.get(f"lora.{name}.lora_B.weight")
-                if a is None or b is None:
-                    continue
-                w = m.weight
-                if tuple(b.shape) != (w.shape[0], self.llm_cfg.lora_r) or tuple(a.shape) != (self.llm_cfg.lora_r, w.shape[1]):
-                    raise ValueError(f"LoRA tensors of '{name}' ({tuple(a.shape)}, {tuple(b.shape)}) do not fit its "
-                                     f"weight {tuple(w.shape)} with lora_r {self.llm_cfg.lora_r}")
-                w.add_((b.float() @ a.float() * scale).to(w.dtype))
-            for name, p in own.items():
-                if name in rest:
-                    t = rest[name]
-                    if tuple(t.shape) != tuple(p.shape):
-                        raise ValueError(f"trainable tensor '{name}' has shape {tuple(t.shape)} in the checkpoint but "
-                                         f"{tuple(p.shape)} in the model; it was saved with other settings")
-                    p.copy_(t.to(p.device, p.dtype))
+    def _lora_fold_targets(self) -> dict[str, nn.Linear]:
+        """The plain LLM's linear layers that LoRA adapts (by name, as peft matches them)."""
+        return {name: m for name, m in self.llm.named_modules()
+                if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in self.llm_cfg.lora_targets}
+
+    def _fold_lora(self, targets: dict[str, nn.Linear], state_dict: dict[str, Tensor]) -> None:
+        """Add each saved LoRA pair into its frozen weight as (alpha / r) * B @ A, peft's own merge."""
+        r = self.llm_cfg.lora_r
+        scale = self.llm_cfg.lora_alpha / r
+        for name, m in targets.items():
+            a, b = state_dict.get(f"lora.{name}.lora_A.weight"), state_dict.get(f"lora.{name}.lora_B.weight")
+            if a is None or b is None:
+                continue
+            w = m.weight
+            if tuple(b.shape) != (w.shape[0], r) or tuple(a.shape) != (r, w.shape[1]):
+                raise ValueError(f"LoRA tensors of '{name}' ({tuple(a.shape)}, {tuple(b.shape)}) do not fit its "
+                                 f"weight {tuple(w.shape)} with lora_r {r}")
+            w.add_((b.float() @ a.float() * scale).to(w.dtype))
         self._lora_folded_in = True
 
     def save_trainable(self, path: str | Path) -> None:
