@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hub
+from .backbone_cache import load_backbone
 from .config import EncoderConfig, TextConfig
 
 # Prompt ensembles for the normal / abnormal anchors. Object-aware templates plus state
@@ -61,24 +62,18 @@ class TimmImageEncoder(ImageEncoder):
     backbone runs to its end; it feeds the LLM's image tokens.
     """
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, cache: bool = True) -> None:
+        """`cache`: read (or make) the TorchScript copy of the backbone in the cache folder,
+        so that warm loads skip importing timm (see backbone_cache)."""
         super().__init__()
-        import timm
-
-        with torch.device("meta"):  # only the stage count is read
-            last = len(timm.create_model(cfg.name, pretrained=False, features_only=True).feature_info) - 1
+        self.backbone, info = load_backbone(cfg.name, cfg.pretrained, list(cfg.levels),
+                                            hub.cache_dir() / "backbones" if cache else None)
         self.levels = list(cfg.levels)
-        if any(not 0 <= i <= last for i in self.levels):
-            raise ValueError(f"encoder.levels {self.levels} out of range for {cfg.name}: use stage indices 0..{last}")
-        self.indices = sorted(set(self.levels) | {last})
-        self.backbone = hub.load_timm_features(cfg.name, cfg.pretrained, self.indices)
-        chans = self.backbone.feature_info.channels()
-        self.dims = [chans[self.indices.index(i)] for i in self.levels]
-        self.global_dim = chans[-1]
-        self.strides = [self.backbone.feature_info.reduction()[self.indices.index(i)] for i in self.levels]
-        pcfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
-        self.mean = tuple(pcfg.get("mean", (0.5, 0.5, 0.5)))
-        self.std = tuple(pcfg.get("std", (0.5, 0.5, 0.5)))
+        self.indices = list(info.indices)
+        self.dims = [info.channels[self.indices.index(i)] for i in self.levels]
+        self.global_dim = info.channels[-1]
+        self.strides = [info.reductions[self.indices.index(i)] for i in self.levels]
+        self.mean, self.std = info.mean, info.std
         for p in self.parameters():
             p.requires_grad_(False)
         # channels-last convolutions: the encoder ran 1.6x faster on 2 CPU cores (oneDNN's
