@@ -121,6 +121,11 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    followup_prob: float = 0.5   # share of LM samples that ask a follow-up (with the chat so far)
+    # fine-tuning: start the trainable parts from a checkpoint ("embedded" or a folder) of the
+    # same model config; freeze_detector trains only the chat parts (prompt learner, LoRA)
+    init_from: str = ""
+    freeze_detector: bool = False
     sim: SimConfig = field(default_factory=SimConfig)
 
 
@@ -146,6 +151,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "memory.chunk": (lambda v: v >= 1, "a positive integer"),
     "memory.weight": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
     "memory.max_patches": (lambda v: v >= 0, "an integer >= 0 (0 keeps every patch)"),
+    "train.followup_prob": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
     "memory.max_loo": (lambda v: v >= 2, "an integer >= 2"),
     "prompt.n_map_tokens": (lambda v: v >= 1, "a positive integer"),
     "prompt.n_base_tokens": (lambda v: v >= 0, "an integer >= 0"),

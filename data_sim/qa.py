@@ -143,8 +143,19 @@ def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Opt
     )
 
 
+def _q_where(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+    plural = len(regions) > 1
+    q = _pick(rng, ("Where are the anomalies?", "Where are the defects?", "In which grid cells are the defects?")
+              if plural else ("Where is the anomaly?", "Where is the defect?", "In which grid cell is the defect?"))
+    if not regions:
+        return q, "There is no anomaly in the image."
+    where = location_phrase([r["cell"] for r in regions])
+    return q, f"The anomalies are {where}." if plural else f"The anomaly is {where}."
+
+
 def _q_clean(hit: Sequence[str], rng: np.random.Generator) -> QA:
-    q = _pick(rng, ("Which areas of the image are free of anomalies?", "Where does the image look normal?", "Which parts of the image are fine?"))
+    q = _pick(rng, ("Which areas of the image are free of anomalies?", "Where does the image look normal?",
+                    "Which parts of the image are fine?", "Which cells are clean?", "Which grid cells look normal?"))
     clean = [c for c in ALL_CELLS if c not in hit]
     if not hit:
         return q, "The whole image looks normal."
@@ -159,11 +170,14 @@ def _q_cell(hit: Sequence[str], rng: np.random.Generator) -> QA:
     pool = list(hit) if hit and (not clean or rng.random() < 0.5) else clean
     cell = pool[int(rng.integers(len(pool)))]
     bad = cell in hit
+    # users see the 3x3 grid drawn on the overlay, so they also ask about "the top left cell"
     if rng.random() < 0.5:
-        q = _pick(rng, (f"Is the {cell} of the image OK?", f"Does the {cell} of the image look normal?"))
+        q = _pick(rng, (f"Is the {cell} of the image OK?", f"Does the {cell} of the image look normal?",
+                        f"Is the {cell} cell OK?", f"Is the {cell} cell clean?"))
         a = f"No, there is an anomaly at the {cell} of the image." if bad else f"Yes, the {cell} of the image looks normal."
     else:
-        q = _pick(rng, (f"Is there an anomaly at the {cell} of the image?", f"Is anything wrong at the {cell} of the image?"))
+        q = _pick(rng, (f"Is there an anomaly at the {cell} of the image?", f"Is anything wrong at the {cell} of the image?",
+                        f"Is the {cell} cell affected?", f"Is there a defect in the {cell} cell?"))
         a = f"Yes, there is an anomaly at the {cell} of the image." if bad else f"No, the {cell} of the image looks normal."
     return q, a
 
@@ -201,7 +215,7 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-FOLLOWUP_INTENTS: tuple[str, ...] = ("count", "size", "clean", "cell", "side", "box")
+FOLLOWUP_INTENTS: tuple[str, ...] = ("where", "count", "size", "clean", "cell", "side", "box")
 
 
 def conversation(
@@ -232,6 +246,7 @@ def conversation(
     hit = affected_cells(union, regions, min_pixels=min_area)
     part_share = float(part_mask.mean()) if part_mask is not None and part_mask.any() and not part_mask.all() else None
     makers = {
+        "where": lambda: _q_where(regions, rng),
         "count": lambda: _q_count(regions, rng),
         "size": lambda: _q_size(regions, rng, part_share),
         "clean": lambda: _q_clean(hit, rng),

@@ -65,17 +65,19 @@ def test_regions_from_mask_measures_box_area_centroid_cell() -> None:
 
 def test_followups_follow_ground_truth_and_are_seeded() -> None:
     m = _blob(*_centre_of("top left"), r=8) | _blob(*_centre_of("bottom right"), r=3)
-    a = conversation(m, np.random.default_rng(5), n_followups=6)
-    assert a == conversation(m, np.random.default_rng(5), n_followups=6)
-    assert len(a) == 7  # main + every follow-up intent
+    a = conversation(m, np.random.default_rng(5), n_followups=7)
+    assert a == conversation(m, np.random.default_rng(5), n_followups=7)
+    assert len(a) == 8  # main + every follow-up intent
     qa = dict(a[1:])
     count = next(ans for q, ans in qa.items() if q.startswith("How many"))
     assert count == "There are two anomalies in the image."
-    clean = next(ans for q, ans in qa.items() if "free of" in q or "look normal?" in q or "are fine" in q)
+    clean = next(ans for q, ans in qa.items() if q.startswith("Which") or q.startswith("Where does"))
     named = parse_cells(clean)
     assert len(named) == 7 and "top left" not in named and "bottom right" not in named
     size = next(ans for ans in qa.values() if "cover" in ans)
     assert "%" in size and "largest, at the top left" in size
+    where = next(ans for q, ans in qa.items() if q.startswith("Where are") or q.startswith("In which"))
+    assert where == "The anomalies are at the top left and the bottom right of the image."
     box = next(ans for ans in qa.values() if "x 0." in ans)
     assert "top left" in box and "bottom right" in box
     phrasings = {conversation(m, np.random.default_rng(s))[0][0] for s in range(30)}

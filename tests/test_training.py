@@ -153,6 +153,24 @@ def test_kill_and_resume_is_exact(full_run: Path, tmp_path: Path) -> None:
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
 
 
+def test_fine_tune_chat_parts_from_a_checkpoint(full_run: Path, tmp_path: Path) -> None:
+    """train.init_from starts from a checkpoint's trained parts; freeze_detector keeps the
+    decoder bit-identical while the chat parts move."""
+    out = tmp_path / "ft"
+    argv = ["--config", TINY, "--out", str(out), f"train.init_from={full_run / 'final'}", "train.freeze_detector=true",
+            "train.lm_every=1", "train.steps=2", "train.followup_prob=1.0"]
+    assert _train(argv) == 0
+    start, end = _weights(full_run / "final"), _weights(out / "final")
+    dec = [k for k in start if k.startswith("det.decoder.")]
+    assert dec and all(torch.equal(start[k], end[k]) for k in dec)
+    chat = [k for k in start if k.startswith("lvlm.")]
+    assert any(not torch.equal(start[k], end[k]) for k in chat)
+    # a checkpoint of another model config is refused with one line naming the section
+    other = ["--config", TINY, "--out", str(tmp_path / "bad"), f"train.init_from={full_run / 'final'}",
+             "decoder.pool=5"]
+    assert _train(other) == 2
+
+
 # ------------------------------------------------------------------ two processes
 def _free_port() -> int:
     with socket.socket() as s:

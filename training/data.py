@@ -136,8 +136,11 @@ class SimulatedAnomalyDataset(Dataset):
                            base.shape[:2], affected_cells(union, regions, min_pixels=MIN_AREA) if label else None,
                            self.object_name)
         if len(conv) > 1 and rng.random() < self.followup_prob:
-            q, a = conv[1 + int(rng.integers(len(conv) - 1))]
-            history = [conv[0]]
+            # a chat goes on for several turns: the question is any follow-up, after the main
+            # turn and the follow-ups before it (in a random order), as in the chat UI
+            turns = [conv[0]] + [conv[1 + int(i)] for i in rng.permutation(len(conv) - 1)]
+            p = 1 + int(rng.integers(len(turns) - 1))
+            (q, a), history = turns[p], turns[:p]
         else:
             (q, a), history = conv[0], []
         return Item(

@@ -401,6 +401,26 @@ def _accelerator(cfg: ModelConfig):
                        kwargs_handlers=[ddp])
 
 
+def _init_from_checkpoint(cfg: ModelConfig, comps: Any) -> None:
+    """Fine-tuning: load the trainable parts of `train.init_from` (a checkpoint folder or
+    'embedded'), which must have been trained with the same model sections as `cfg`."""
+    from safetensors.torch import load_file
+
+    from anomalygpt.inspector import resolve_checkpoint
+    from anomalygpt.model import DETECTOR_FILE, LVLM_FILE, read_config
+
+    src = resolve_checkpoint(cfg.train.init_from)
+    saved, now = to_dict(read_config(src)), to_dict(cfg)
+    for section in now:
+        if section != "train" and saved.get(section) != now[section]:
+            raise ConfigError(f"train.init_from: section '{section}' of {src} differs from this config; "
+                              "fine-tune with the checkpoint's own config.yaml (plus train.* overrides)")
+    comps.detector.load_trainable_state_dict(load_file(str(src / DETECTOR_FILE)))
+    if comps.lvlm is not None:
+        comps.lvlm.load_trainable_state_dict(load_file(str(src / LVLM_FILE)))
+    log.info("trainable parts initialised from %s", src)
+
+
 def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue) the run in cfg.train.out_dir; returns the validation metrics
     ({} if stopped early by `stop_after`, which simulates an interruption after that step)."""
@@ -426,11 +446,14 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
         raise FileExistsError(f"{out_dir} already holds a checkpoint; add --resume to continue it, or give another --out")
     if resume:
         _check_resume_config(cfg, ckpt)
+    if tc.freeze_detector and (tc.lm_weight <= 0 or tc.lm_every != 1):
+        raise ConfigError("train.freeze_detector leaves only the chat parts to train: set train.lm_every=1 and "
+                          "train.lm_weight > 0 (steps without the LM term would have nothing to learn)")
 
     images = normal_training_images(",".join(tc.data))
     train_images, val_images = split_images(images)
     train_ds = SimulatedAnomalyDataset(train_images, cfg.encoder.image_size, tc.n_samples, tc.seed, tc.sim,
-                                       sources=train_images, object_name=None)
+                                       sources=train_images, followup_prob=tc.followup_prob, object_name=None)
 
     set_seed(tc.seed)  # same seed on every rank: identical initial trainable parts (and random test LLMs)
     comps = build(cfg, with_llm=True)
@@ -438,6 +461,10 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
     if comps.lvlm is not None and cfg.llm.quantization == "none":
         comps.lvlm.to(device)
 
+    if tc.init_from and not resume:
+        _init_from_checkpoint(cfg, comps)
+    if tc.freeze_detector:
+        comps.detector.decoder.requires_grad_(False)
     head = [p for p in comps.detector.decoder.parameters() if p.requires_grad]
     lora: list[nn.Parameter] = []
     if comps.lvlm is not None:
