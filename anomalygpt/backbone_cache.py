@@ -61,9 +61,9 @@ def cache_key(name: str, pretrained: str, levels: list[int]) -> str | None:
         return None
     if pretrained == "embedded":
         source = f"embedded:{_version(hub.EMBEDDED_ENCODER_PACKAGE.replace('_', '-'))}"
-    elif Path(pretrained).expanduser().is_file():
-        st = Path(pretrained).expanduser().resolve().stat()
-        source = f"file:{Path(pretrained).expanduser().resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    elif (file := Path(pretrained).expanduser()).is_file():
+        st = file.stat()
+        source = f"file:{file.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     else:
         source = f"hub:{pretrained}"
     parts = [FORMAT, name, source, sorted(set(levels)), torch.__version__, _version("timm")]
@@ -71,7 +71,7 @@ def cache_key(name: str, pretrained: str, levels: list[int]) -> str | None:
 
 
 def build_with_timm(name: str, pretrained: str, levels: list[int]) -> tuple[nn.Module, BackboneInfo]:
-    """The timm features model returning `levels` and the last stage, and its facts."""
+    """The timm features model returning `levels` and the last stage (in eval mode), and its facts."""
     import timm
 
     from . import hub
@@ -129,8 +129,7 @@ def load_backbone(name: str, pretrained: str, levels: list[int],
     """
     key = cache_key(name, pretrained, levels) if cache is not None and os.environ.get(DISABLE_ENV) != "0" else None
     if key is None:
-        model, info = build_with_timm(name, pretrained, levels)
-        return model.eval(), info
+        return build_with_timm(name, pretrained, levels)
     path = Path(cache) / f"{name}-{key}.pt"
     if path.is_file():
         try:
@@ -139,14 +138,14 @@ def load_backbone(name: str, pretrained: str, levels: list[int],
         except Exception as e:  # noqa: BLE001 - a bad copy is rebuilt below
             log.warning("ignoring the damaged backbone cache %s (%s); rebuilding it", path, e)
     model, info = build_with_timm(name, pretrained, levels)
-    model.eval()
-    if not Path(str(path) + ".noscript").exists():
+    refused = path.with_name(path.name + ".noscript")  # marks a model that could not be cached
+    if not refused.exists():
         try:
             _save(path, model, info)
         except Exception as e:  # noqa: BLE001 - unscriptable model or unwritable folder
             log.info("backbone %s not cached as TorchScript (%s: %s); loads will import timm", name, type(e).__name__, e)
             try:
-                Path(str(path) + ".noscript").touch()
+                refused.touch()
             except OSError:
                 pass
     return model, info

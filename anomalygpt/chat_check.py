@@ -22,18 +22,15 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from data_sim.qa import size_word
+
 from .grid import ALL_CELLS, parse_cells
 from .inspector import DEFAULT_QUESTION
+from .metrics import opening_yes_no
 from .report import InspectionReport
 
 KINDS = ("main", "where", "count", "clean", "size", "cell_bad", "cell_ok")
 _NUMBERS = {"no": 0, "zero": 0, "one": 1, "an": 1, "a": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
-
-
-def said_yes(text: str) -> int | None:
-    """1 / 0 for an answer that opens with yes / no, else None."""
-    words = re.findall(r"[a-z]+", text.lower())
-    return {"yes": 1, "no": 0}.get(words[0]) if words else None
 
 
 def said_count(text: str) -> int | None:
@@ -42,12 +39,6 @@ def said_count(text: str) -> int | None:
     if not m:
         return None
     return int(m.group(1)) if m.group(1).isdigit() else _NUMBERS[m.group(1)]
-
-
-def size_word_of(share: float) -> str:
-    from data_sim.qa import size_word
-
-    return size_word(share)
 
 
 def questions_for(report: InspectionReport, rng: np.random.Generator) -> list[tuple[str, str, Any]]:
@@ -60,7 +51,7 @@ def questions_for(report: InspectionReport, rng: np.random.Generator) -> list[tu
         ("where", "Where is the anomaly?", cells),
         ("count", "How many defects are there?", len(report.regions) if anomalous else 0),
         ("clean", "Which cells are clean?", clean),
-        ("size", "How large is the anomaly?", size_word_of(total) if cells else None),
+        ("size", "How large is the anomaly?", size_word(total) if cells else None),
     ]
     if hit:
         out.append(("cell_bad", f"Is the {hit[int(rng.integers(len(hit)))]} cell affected?", 1))
@@ -84,7 +75,7 @@ def judge(kind: str, answer: str, expected: Any) -> bool:
     if kind == "size":
         words = [w for w in ("small", "medium", "large") if w in low]
         return words[:1] == [expected] if expected else (not words and re.search(r"\bno\b", low) is not None)
-    return said_yes(answer) == expected  # main, cell_bad, cell_ok
+    return opening_yes_no(answer) == expected  # main, cell_bad, cell_ok
 
 
 def check_chat(assistant: Any, report: InspectionReport, rng: np.random.Generator) -> dict[str, Any]:

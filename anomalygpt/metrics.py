@@ -161,6 +161,15 @@ _POSITIVE = re.compile(
     r"contaminat\w*|irregular\w*)\b|\bthere (is|are) (a|an|one|two|three|several|some)\b")
 
 
+def opening_yes_no(text: str) -> int | None:
+    """1 / 0 for an answer whose first word is exactly "yes" / "no", else None.
+
+    Stricter than `answer_says_anomalous`: the trained answer format opens with yes or no,
+    and the training validation and the follow-up check hold the model to that format."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return {"yes": 1, "no": 0}.get(words[0]) if words else None
+
+
 def answer_says_anomalous(text: str | None) -> bool | None:
     """What an answer says about the main question: True (anomalous), False (normal), None.
 

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from anomalygpt.config import ConfigError, ModelConfig, load_config, to_dict
+from anomalygpt.metrics import opening_yes_no
 
 from .data import MAIN_QUESTION, SimulatedAnomalyDataset, StepBatchSampler, collate, split_images
 from .losses import segmentation_losses
@@ -182,18 +183,32 @@ def load_training_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def _differing_model_section(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first config section other than `train` that differs between two configs (as dicts)."""
+    return next((sec for sec in now if sec != "train" and saved.get(sec) != now[sec]), None)
+
+
+def _load_trainable(comps: Any, folder: Path) -> None:
+    """The trainable parts of a checkpoint folder into freshly built components."""
+    from safetensors.torch import load_file
+
+    from anomalygpt.model import DETECTOR_FILE, LVLM_FILE
+
+    comps.detector.load_trainable_state_dict(load_file(str(folder / DETECTOR_FILE)))
+    if comps.lvlm is not None:
+        comps.lvlm.load_trainable_state_dict(load_file(str(folder / LVLM_FILE)))
+
+
 def _check_resume_config(cfg: ModelConfig, ckpt: Path) -> None:
     """A resume must continue the same run: model and data settings must match the checkpoint."""
     from anomalygpt.model import read_config
 
     saved = to_dict(read_config(ckpt))
     now = to_dict(cfg)
-    for section in now:
-        if section == "train":
-            continue
-        if saved.get(section) != now[section]:
-            raise ConfigError(f"--resume: section '{section}' differs from the checkpoint in {ckpt}; "
-                              "resume with the same config (or start a new run with another --out)")
+    section = _differing_model_section(saved, now)
+    if section is not None:
+        raise ConfigError(f"--resume: section '{section}' differs from the checkpoint in {ckpt}; "
+                          "resume with the same config (or start a new run with another --out)")
     for key in _RESUME_MUST_MATCH:
         if saved["train"].get(key) != now["train"][key]:
             raise ConfigError(f"--resume: train.{key} is {now['train'][key]!r} but the checkpoint used "
@@ -282,14 +297,6 @@ def plot_curve(out_dir: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------- validation
-def _verdict(answer: str) -> int | None:
-    """1 for an answer that says yes, 0 for no, None when it says neither up front."""
-    words = re.findall(r"[a-z]+", answer.lower())
-    if not words:
-        return None
-    return {"yes": 1, "no": 0}.get(words[0])
-
-
 @torch.no_grad()
 def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images: list[Path],
              device: torch.device, batch_size: int = 8) -> tuple[Any, dict[str, Any]]:
@@ -351,7 +358,7 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
         for kind, facts in (("measured_facts", measured), ("ground_truth_facts", batch["facts"])):
             answers = lvlm.generate(d.global_emb, d.anomaly_map, qs, facts=list(facts))
             for b, a in enumerate(answers):
-                said = _verdict(a)
+                said = opening_yes_no(a)
                 lab = int(batch["labels"][b])
                 cells_ok = None
                 if lab:
@@ -401,35 +408,28 @@ def _accelerator(cfg: ModelConfig):
                        kwargs_handlers=[ddp])
 
 
-def _init_from_checkpoint(cfg: ModelConfig, comps: Any) -> None:
-    """Fine-tuning: load the trainable parts of `train.init_from` (a checkpoint folder or
-    'embedded'), which must have been trained with the same model sections as `cfg`."""
-    from safetensors.torch import load_file
-
+def _init_source(cfg: ModelConfig) -> Path:
+    """The checkpoint folder named by `train.init_from`, checked to have been trained with
+    the same model sections as `cfg` (before anything expensive is built)."""
     from anomalygpt.inspector import resolve_checkpoint
-    from anomalygpt.model import DETECTOR_FILE, LVLM_FILE, read_config
+    from anomalygpt.model import read_config
 
     src = resolve_checkpoint(cfg.train.init_from)
-    saved, now = to_dict(read_config(src)), to_dict(cfg)
-    for section in now:
-        if section != "train" and saved.get(section) != now[section]:
-            raise ConfigError(f"train.init_from: section '{section}' of {src} differs from this config; "
-                              "fine-tune with the checkpoint's own config.yaml (plus train.* overrides)")
-    comps.detector.load_trainable_state_dict(load_file(str(src / DETECTOR_FILE)))
-    if comps.lvlm is not None:
-        comps.lvlm.load_trainable_state_dict(load_file(str(src / LVLM_FILE)))
-    log.info("trainable parts initialised from %s", src)
+    section = _differing_model_section(to_dict(read_config(src)), to_dict(cfg))
+    if section is not None:
+        raise ConfigError(f"train.init_from: section '{section}' of {src} differs from this config; "
+                          "fine-tune with the checkpoint's own config.yaml (plus train.* overrides)")
+    return src
 
 
 def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue) the run in cfg.train.out_dir; returns the validation metrics
     ({} if stopped early by `stop_after`, which simulates an interruption after that step)."""
     from accelerate.utils import set_seed
-    from safetensors.torch import load_file
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from anomalygpt.model import DETECTOR_FILE, LVLM_FILE, build, save
+    from anomalygpt.model import build, save
     from data_sim.datasets import normal_training_images
 
     tc = cfg.train
@@ -446,6 +446,7 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
         raise FileExistsError(f"{out_dir} already holds a checkpoint; add --resume to continue it, or give another --out")
     if resume:
         _check_resume_config(cfg, ckpt)
+    init_src = _init_source(cfg) if tc.init_from and not resume else None
     if tc.freeze_detector and (tc.lm_weight <= 0 or tc.lm_every != 1):
         raise ConfigError("train.freeze_detector leaves only the chat parts to train: set train.lm_every=1 and "
                           "train.lm_weight > 0 (steps without the LM term would have nothing to learn)")
@@ -461,8 +462,9 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
     if comps.lvlm is not None and cfg.llm.quantization == "none":
         comps.lvlm.to(device)
 
-    if tc.init_from and not resume:
-        _init_from_checkpoint(cfg, comps)
+    if init_src is not None:  # fine-tuning: start from that checkpoint's trained parts
+        _load_trainable(comps, init_src)
+        log.info("trainable parts initialised from %s", init_src)
     if tc.freeze_detector:
         comps.detector.decoder.requires_grad_(False)
     head = [p for p in comps.detector.decoder.parameters() if p.requires_grad]
@@ -482,9 +484,7 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
     start_step, state = 0, None
     if resume:
         state = load_training_state(ckpt)
-        comps.detector.load_trainable_state_dict(load_file(str(ckpt / DETECTOR_FILE)))
-        if comps.lvlm is not None:
-            comps.lvlm.load_trainable_state_dict(load_file(str(ckpt / LVLM_FILE)))
+        _load_trainable(comps, ckpt)
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         else:
