@@ -55,7 +55,7 @@ def load_assistant(checkpoint: str):
 
 # ---------------------------------------------------------------- session
 def init_state() -> None:
-    defaults = {"report": None, "rgb": None, "overlay": None, "messages": [], "error": None,
+    defaults = {"report": None, "rgb": None, "overlay": None, "messages": [], "error": None, "error_inputs": None,
                 "widget_gen": 0, "queued_question": None, "input_label": None}
     for key, value in defaults.items():
         st.session_state.setdefault(key, value)
@@ -63,7 +63,7 @@ def init_state() -> None:
 
 def start_over() -> None:
     """Forget the inspection and the chat, and empty the upload widgets."""
-    for key in ("report", "rgb", "overlay", "error", "queued_question", "input_label"):
+    for key in ("report", "rgb", "overlay", "error", "error_inputs", "queued_question", "input_label"):
         st.session_state[key] = None
     st.session_state.messages = []
     st.session_state.widget_gen += 1
@@ -74,8 +74,14 @@ def queue_question(question: str) -> None:
 
 
 # ---------------------------------------------------------------- sidebar
-def sidebar(checkpoint: str) -> dict | None:
-    """Inputs; returns them when the user pressed Inspect, else None."""
+def image_inputs_key(inputs: dict) -> tuple:
+    """What identifies the chosen images: an error about them is stale once this changes."""
+    return (getattr(inputs["upload"], "file_id", None), str(inputs["sample"]) if inputs["sample"] else None,
+            tuple(getattr(f, "file_id", f.name) for f in inputs["refs"]))
+
+
+def sidebar(checkpoint: str) -> dict:
+    """The inputs as the server has them now; "pressed" says whether Inspect was pressed in this run."""
     gen = st.session_state.widget_gen
     with st.sidebar:
         st.header("Inspect a part")
@@ -96,21 +102,24 @@ def sidebar(checkpoint: str) -> dict | None:
                                      "the map and calibrate the verdict for this product.")
         object_name = st.text_input("Object name (optional)", key=f"object_{gen}", placeholder="e.g. solar cell",
                                     max_chars=60)
+        chosen = upload.name if upload is not None else sample
+        n_refs = len(refs or [])
+        st.caption(f"Ready to inspect: {chosen}" + (f" with {n_refs} good part{'s' * (n_refs != 1)}" if n_refs else "")
+                   if chosen else "Choose a photo to inspect.")
         pressed = st.button("Inspect", type="primary", width="stretch")
         st.button("Start over", on_click=start_over, width="stretch",
                   help="Clear the result, the chat and the uploads.")
         st.divider()
         st.caption(f"Model checkpoint: `{checkpoint}`")
-    if not pressed:
-        return None
     return {"upload": upload, "sample": samples.get(sample) if sample else None, "refs": refs or [],
-            "object_name": (object_name or "").strip() or None}
+            "object_name": (object_name or "").strip() or None, "pressed": pressed}
 
 
 # ---------------------------------------------------------------- actions
 def run_inspection(assistant, lock: threading.Lock, inputs: dict) -> None:
     """Check the inputs, inspect, and store the result; any failure becomes st.session_state.error."""
     st.session_state.error = None
+    st.session_state.error_inputs = image_inputs_key(inputs)
     try:
         if inputs["upload"] is not None:
             name = inputs["upload"].name
@@ -248,8 +257,10 @@ def main() -> None:
         st.error(f"Could not load the model: {err}")
         return
 
-    if inputs is not None:
+    if inputs["pressed"]:
         run_inspection(assistant, lock, inputs)
+    elif st.session_state.error and st.session_state.error_inputs != image_inputs_key(inputs):
+        st.session_state.error = None  # the user replaced the images the error was about
     if st.session_state.error:
         st.error(st.session_state.error)
     if st.session_state.report is None:

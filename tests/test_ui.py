@@ -195,6 +195,22 @@ def test_bad_upload_shows_error_and_session_goes_on(monkeypatch, tiny_checkpoint
     assert at.session_state["report"] is not None
 
 
+def test_error_stays_until_the_images_change(monkeypatch, tiny_checkpoint):
+    """A decode error belongs to the file that caused it: other reruns keep it, a new upload clears it."""
+    at = upload(new_app(monkeypatch, tiny_checkpoint), "notes.png", b"not an image")
+    assert "notes.png" in at.error[0].value
+    at.sidebar.text_input[0].set_value("solar cell").run()  # not an image input: the error stays
+    assert len(at.error) == 1 and "notes.png" in at.error[0].value
+    at.sidebar.file_uploader[0].set_value(("part.png", asset_bytes("elpv_normal.png"), "image/png"))
+    at.run()
+    assert_clean(at)
+    assert any(c.value == "Ready to inspect: part.png" for c in at.sidebar.caption)
+    assert at.session_state["report"] is None  # nothing inspected until Inspect is pressed
+    at.sidebar.button[0].click().run()
+    assert_clean(at)
+    assert at.session_state["report"].object_name == "solar cell"
+
+
 def test_bad_reference_and_too_many_references(monkeypatch, tiny_checkpoint):
     at = new_app(monkeypatch, tiny_checkpoint)
     good = asset_bytes("elpv_normal.png")

@@ -107,23 +107,30 @@ def test_browser_upload_inspect_ask(server, tmp_path):
             bogus = tmp_path / "notes.png"
             bogus.write_bytes(b"this is not an image")
             photo.set_input_files(str(bogus))
-            expect(sidebar.get_by_text("notes.png")).to_be_visible()
+            # The server has the upload once it names it (a click sent while the upload is still
+            # in flight would inspect the previous state).
+            expect(sidebar.get_by_text("Ready to inspect: notes.png")).to_be_visible()
             wait_idle(page, ms)
             inspect.click()
             expect(page.get_by_test_id("stAlertContentError")).to_contain_text("notes.png: cannot decode")
             expect(page.get_by_test_id("stException")).to_have_count(0)
             wait_idle(page, ms)
 
-            photo.set_input_files(str(ASSETS_DIR / "elpv_defect.png"))
-            expect(sidebar.get_by_text("elpv_defect.png")).to_be_visible()
+            # The name first: every later rerun carries it. Then a good photo: once the server has
+            # it, the sidebar names it and the error about the old file is gone.
             sidebar.get_by_label("Object name (optional)").fill("solar cell")
             sidebar.get_by_label("Object name (optional)").press("Enter")
+            wait_idle(page, ms)
+            photo.set_input_files(str(ASSETS_DIR / "elpv_defect.png"))
+            expect(sidebar.get_by_text("Ready to inspect: elpv_defect.png")).to_be_visible()
+            expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
             wait_idle(page, ms)
             inspect.click()
 
             verdict = page.locator(".verdict")
             expect(verdict).to_be_visible(timeout=ms)
             expect(verdict).to_contain_text("elpv_defect.png")
+            expect(verdict).to_contain_text("solar cell")
             expect(page.get_by_test_id("stImage")).to_have_count(2)
             expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
             wait_idle(page, ms)
