@@ -6,9 +6,12 @@ The LLM can only be as right as the measured facts it is given, so the truth for
 follow-up is the report itself (verdict, region cells, affected and clean cells, size),
 not the dataset label: this isolates the language model from the detector. Each image gets
 one chat in which the history grows as in the chat UI: the main question, then where,
-how many, which cells are clean, how large, and "is the X cell affected?" for one affected
-and one clean cell. The phrasings are the ones a user of the 3x3 grid types, several of
-which the training Q&A did not contain before this check was written.
+how many, which cells are clean, how large, "is the X cell affected?" for one affected
+and one clean cell, how sure it is (score, threshold and margin word copied from the
+facts), what could cause it (no invented cause: only the cells) and what to do with the
+part. The phrasings are the ones a user of the 3x3 grid types, several of which the
+training Q&A did not contain before this check was written. `--object` writes a part
+name into the facts, as the demo and the web chat do.
 """
 from __future__ import annotations
 
@@ -22,14 +25,14 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_sim.qa import size_word
+from data_sim.qa import margin_word, size_word
 
 from .grid import ALL_CELLS, parse_cells
 from .inspector import DEFAULT_QUESTION
 from .metrics import opening_yes_no
 from .report import InspectionReport
 
-KINDS = ("main", "where", "count", "clean", "size", "cell_bad", "cell_ok")
+KINDS = ("main", "where", "count", "clean", "size", "cell_bad", "cell_ok", "confidence", "cause", "action")
 _NUMBERS = {"no": 0, "zero": 0, "one": 1, "an": 1, "a": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 
@@ -57,6 +60,11 @@ def questions_for(report: InspectionReport, rng: np.random.Generator) -> list[tu
         out.append(("cell_bad", f"Is the {hit[int(rng.integers(len(hit)))]} cell affected?", 1))
     if clean:
         out.append(("cell_ok", f"Is the {clean[int(rng.integers(len(clean)))]} cell affected?", 0))
+    margin = margin_word(report.score, report.threshold)
+    out += [("confidence", "How confident are you?", (f"{report.score:.2f}", f"{report.threshold:.2f}",
+                                                     "above" if anomalous else "below", margin)),
+            ("cause", "What could cause this?", cells),
+            ("action", "What should I do with this part?", cells)]
     return out
 
 
@@ -75,6 +83,12 @@ def judge(kind: str, answer: str, expected: Any) -> bool:
     if kind == "size":
         words = [w for w in ("small", "medium", "large") if w in low]
         return words[:1] == [expected] if expected else (not words and re.search(r"\bno\b", low) is not None)
+    if kind == "confidence":
+        score, threshold, side, margin = expected
+        hedged = re.search(r"\b(not very|just|close)\b", low) is not None
+        return score in answer and threshold in answer and side in low and hedged == (margin == "narrow")
+    if kind in ("cause", "action"):  # the cells of the report, or none and no invented defect
+        return named == expected if expected else (not named and re.search(r"\b(no|nothing|normal)\b", low) is not None)
     return opening_yes_no(answer) == expected  # main, cell_bad, cell_ok
 
 
@@ -111,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="embedded")
     p.add_argument("--per-label", type=int, default=10, help="normal and anomalous test images per group")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object", default=None, help="object name written into the facts (as `inspect --object`)")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the summary and every chat")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -123,10 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     assistant = AnomalyGPT.from_pretrained(args.checkpoint)
     rows = []
     for group, sample in tqdm(picked, desc="chats", unit="image"):
-        report = assistant.inspect(sample.image_path, question=None)
+        report = assistant.inspect(sample.image_path, object_name=args.object, question=None)
         rows.append({"group": group, "image": str(sample.image_path), "label": sample.label,
                      **check_chat(assistant, report, rng)})
-    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "per_label": args.per_label,
+    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "per_label": args.per_label, "object": args.object,
               "seed": args.seed, "summary": summarize(rows), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")

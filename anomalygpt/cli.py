@@ -120,6 +120,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_FOLLOWUPS = ("Where is the anomaly?", "How large is the anomaly?", "Which cells are clean?")  # trained intents
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Inspect a bundled defective ELPV cell against bundled normal references."""
     from data_sim.imageio import write_png
@@ -136,8 +139,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = assistant.inspect(sample, refs or None, object_name="solar cell")
     report.source = sample.name
     print(report.summary())
-    question = "Where is the anomaly and how large is it?"
-    print(f"\nQ: {question}\nA: {assistant.ask(report, question, [(DEFAULT_QUESTION, report.answer)])}")
+    history = [(DEFAULT_QUESTION, report.answer)]
+    for question in DEMO_FOLLOWUPS:  # a chat: each answer sees the turns before it
+        answer = assistant.ask(report, question, history)
+        history.append((question, answer))
+        print(f"\nQ: {question}\nA: {answer}")
     out = Path(args.out)
     write_png(out / "demo_overlay.png", report_overlay(load_image(sample), report))
     print(f"\nheat map written to {out / 'demo_overlay.png'}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from data_sim.qa import affected_cells, percent, size_word
+from data_sim.qa import affected_cells, margin_word, percent, size_word
 
 from .grid import ALL_CELLS
 
@@ -48,7 +48,8 @@ def facts_text(score: float, threshold: float, regions: list[Region], image_size
     """
     verdict = "anomalous" if score >= threshold else "normal"
     obj = f" of the {object_name}" if object_name else ""
-    parts = [f"Measured facts{obj}: anomaly score {score:.2f}, threshold {threshold:.2f}, verdict {verdict}."]
+    parts = [f"Measured facts{obj}: anomaly score {score:.2f}, threshold {threshold:.2f}, verdict {verdict} "
+             f"({margin_word(score, threshold)} margin)."]
     if verdict == "anomalous" and regions:
         h, w = image_size
         descr = []

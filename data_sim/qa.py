@@ -28,6 +28,7 @@ MAIN_QUESTIONS: tuple[str, ...] = (
 )
 NO_ANOMALY = "No, there are no anomalies in the image."
 SIZE_WORDS: tuple[tuple[float, str], ...] = ((0.01, "small"), (0.05, "medium"), (float("inf"), "large"))
+NARROW_MARGIN = 0.15  # a score within 15% of the threshold is a close call
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -64,6 +65,15 @@ def percent(share: float) -> str:
     if p < 0.1:
         return "less than 0.1%"
     return f"{p:.1f}%" if p < 10 else f"{p:.0f}%"
+
+
+def margin_word(score: float, threshold: float) -> str:
+    """'narrow' when the score is within NARROW_MARGIN of the threshold (relative), else 'clear'.
+
+    The facts carry this word so the chat can say how sure the verdict is without the LLM
+    having to divide two numbers, which a small model does unreliably."""
+    rel = abs(score - threshold) / max(abs(threshold), 1e-6)
+    return "narrow" if rel < NARROW_MARGIN else "clear"
 
 
 def _count_words(n: int) -> str:
@@ -211,11 +221,42 @@ def _q_box(regions: Sequence[Region], shape: tuple[int, int], rng: np.random.Gen
     return q, "The anomalies are " + "; ".join(parts) + tail + more
 
 
+def _q_confidence(score: float, threshold: float, rng: np.random.Generator) -> QA:
+    """Copies the score and threshold from the facts and reads their margin word."""
+    q = _pick(rng, ("How confident are you?", "How sure are you?", "How certain is this verdict?",
+                    "Are you sure?", "How reliable is this result?"))
+    side = "above" if score >= threshold else "below"
+    nums = f"the anomaly score {score:.2f} is {{}} {side} the threshold {threshold:.2f}"
+    if margin_word(score, threshold) == "narrow":
+        return q, f"Not very sure: {nums.format('just')}, so a second look is worth it."
+    return q, f"Fairly sure: {nums.format('well')}."
+
+
+def _q_cause(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+    """The model measures deviation, not its physical cause: it says so and stays grounded."""
+    q = _pick(rng, ("What could cause this?", "What caused the anomaly?", "What kind of defect is this?",
+                    "What is the defect?", "Why is it anomalous?"))
+    if not regions:
+        return q, "There is no anomaly in the image, so there is nothing to explain."
+    where = location_phrase([r["cell"] for r in regions])
+    return q, (f"I cannot tell the cause from the image alone: I measure where it differs from normal parts, "
+               f"and it does so {where}. Compare that spot with your known defect types.")
+
+
+def _q_action(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+    q = _pick(rng, ("What should I do?", "What should I do with this part?", "What do you recommend?",
+                    "What should I do next?"))
+    if not regions:
+        return q, "Nothing: the part looks normal, so it can go on."
+    return q, f"Set the part aside for a closer look {location_phrase([r['cell'] for r in regions])}."
+
+
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-FOLLOWUP_INTENTS: tuple[str, ...] = ("where", "count", "size", "clean", "cell", "side", "box")
+FOLLOWUP_INTENTS: tuple[str, ...] = ("where", "count", "size", "clean", "cell", "side", "box", "cause", "action",
+                                     "confidence")
 
 
 def conversation(
@@ -224,13 +265,16 @@ def conversation(
     min_area: int = 16,
     n_followups: int = 3,
     part_mask: Optional[np.ndarray] = None,
+    score: Optional[float] = None,
+    threshold: Optional[float] = None,
 ) -> list[QA]:
     """[(main question, main answer), follow-ups...] for one image's ground truth.
 
     ``mask_or_parts``: a bool HxW mask (anomalies = connected components) or a list of
     per-anomaly masks (each one anomaly, named by its own cell). ``part_mask``: the
     object's mask, so sizes can be given as a share of the part instead of the image.
-    ``n_followups`` distinct intents are chosen by ``rng`` from ``FOLLOWUP_INTENTS``.
+    ``n_followups`` distinct intents are chosen by ``rng`` from ``FOLLOWUP_INTENTS``;
+    "confidence" only when the ``score`` and ``threshold`` written into the facts are given.
     """
     if isinstance(mask_or_parts, np.ndarray) and mask_or_parts.ndim == 2:
         union = mask_or_parts > 0
@@ -253,11 +297,15 @@ def conversation(
         "cell": lambda: _q_cell(hit, rng),
         "side": lambda: _q_side(hit, rng),
         "box": lambda: _q_box(regions, shape, rng),
+        "cause": lambda: _q_cause(regions, rng),
+        "action": lambda: _q_action(regions, rng),
+        "confidence": lambda: _q_confidence(score, threshold, rng),
     }
+    intents = [i for i in FOLLOWUP_INTENTS if i != "confidence" or (score is not None and threshold is not None)]
     out: list[QA] = [(_pick(rng, MAIN_QUESTIONS), main_answer(regions))]
-    k = max(0, min(n_followups, len(FOLLOWUP_INTENTS)))
-    for i in sorted(rng.choice(len(FOLLOWUP_INTENTS), size=k, replace=False)):
-        out.append(makers[FOLLOWUP_INTENTS[int(i)]]())
+    k = max(0, min(n_followups, len(intents)))
+    for i in sorted(rng.choice(len(intents), size=k, replace=False)):
+        out.append(makers[intents[int(i)]]())
     return out
 
 
@@ -270,6 +318,7 @@ __all__ = [
     "location_phrase",
     "affected_cells",
     "size_word",
+    "margin_word",
     "percent",
     "to_regions",
     "join_words",

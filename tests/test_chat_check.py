@@ -25,6 +25,7 @@ def test_expectations_come_from_the_report():
     normal = {k: e for k, _, e in questions_for(_report(False), np.random.default_rng(0))}
     assert normal["where"] == [] and normal["count"] == 0 and "cell_bad" not in normal
     assert normal["clean"] == list(ALL_CELLS)
+    assert normal["confidence"] == ("0.10", "0.50", "below", "clear") and normal["cause"] == normal["action"] == []
 
 
 @pytest.mark.parametrize("kind,answer,expected,ok", [
@@ -42,6 +43,22 @@ def test_expectations_come_from_the_report():
     ("size", "There is no anomaly, so no part of the image is affected.", None, True),
     ("cell_ok", "No, the top left of the image looks normal.", 0, True),
     ("cell_ok", "Yes, the top left cell is anomalous.", 0, False),
+    ("confidence", "Fairly sure: the anomaly score 0.90 is well above the threshold 0.50.",
+     ("0.90", "0.50", "above", "clear"), True),
+    ("confidence", "Not very sure: the anomaly score 0.90 is just above the threshold 0.50, so a second look is "
+     "worth it.", ("0.90", "0.50", "above", "clear"), False),
+    ("confidence", "Fairly sure: the anomaly score 0.91 is well above the threshold 0.50.",
+     ("0.90", "0.50", "above", "clear"), False),
+    ("confidence", "Not very sure: the anomaly score 0.48 is just below the threshold 0.50, so a second look is "
+     "worth it.", ("0.48", "0.50", "below", "narrow"), True),
+    ("cause", "I cannot tell the cause from the image alone: I measure where it differs from normal parts, and it "
+     "does so at the bottom right of the image.", ["bottom right"], True),
+    ("cause", "It looks like a crack at the top left.", ["bottom right"], False),
+    ("cause", "There is no anomaly in the image, so there is nothing to explain.", [], True),
+    ("cause", "A microcrack in the cell.", [], False),
+    ("action", "Set the part aside for a closer look at the bottom right of the image.", ["bottom right"], True),
+    ("action", "Nothing: the part looks normal, so it can go on.", [], True),
+    ("action", "Set the part aside for a closer look at the center of the image.", [], False),
 ])
 def test_judge(kind, answer, expected, ok):
     assert judge(kind, answer, expected) is ok
@@ -65,10 +82,12 @@ class _Scripted:
 def test_check_chat_grows_the_history_and_scores_each_turn():
     bot = _Scripted(["Yes, there is an anomaly.", "The anomaly is at the top left of the image.",
                      "There is one anomaly in the image.", "The whole image looks normal.",
-                     "The anomaly is large.", "Yes.", "Yes."])
+                     "The anomaly is large.", "Yes.", "Yes.", "Fairly sure: the anomaly score 0.90 is well above "
+                     "the threshold 0.50.", "Probably a crack.", "Set the part aside for a closer look at the bottom "
+                     "right of the image."])
     out = check_chat(bot, _report(True), np.random.default_rng(0))
-    assert [len(h) for h in bot.histories] == list(range(7))
+    assert [len(h) for h in bot.histories] == list(range(10))
     assert out["ok"] == {"main": True, "where": False, "count": True, "clean": False, "size": True,
-                         "cell_bad": True, "cell_ok": False}
+                         "cell_bad": True, "cell_ok": False, "confidence": True, "cause": False, "action": True}
     s = summarize([out])
-    assert s["all"] == {"agree": pytest.approx(4 / 7), "n": 7}
+    assert s["all"] == {"agree": pytest.approx(6 / 10), "n": 10}

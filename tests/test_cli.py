@@ -60,3 +60,25 @@ def test_simulate_writes_images_masks_qa_and_preview(tmp_path, capsys):
     out = tmp_path / "sim"
     assert (out / "preview.png").is_file() and (out / "qa.jsonl").is_file()
     assert len(list((out / "images").glob("*.png"))) == 4
+
+
+def test_demo_inspects_the_bundled_cell_and_chats(tmp_path, embedded_assistant, monkeypatch, capsys):
+    """`anomalygpt demo` (what `make demo` runs) with the shipped checkpoint: a verdict, a first
+    answer that agrees with it, each follow-up asked with the turns before it, an overlay."""
+    from anomalygpt.cli import DEMO_FOLLOWUPS
+    from anomalygpt.inspector import AnomalyGPT
+    from anomalygpt.metrics import opening_yes_no
+
+    monkeypatch.setattr(AnomalyGPT, "from_pretrained", classmethod(lambda cls, *a, **kw: embedded_assistant))
+    asked = []
+    real_ask = AnomalyGPT.ask
+    monkeypatch.setattr(AnomalyGPT, "ask", lambda self, report, q, history=None: asked.append(list(history or []))
+                        or real_ask(self, report, q, history))
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("elpv_defect.png: "))
+    answer = next(line for line in out.splitlines() if line.strip().startswith("answer: ")).split("answer: ", 1)[1]
+    assert opening_yes_no(answer) == int("ANOMALOUS" in head)
+    assert [len(h) for h in asked] == [1 + i for i in range(len(DEMO_FOLLOWUPS))]
+    assert all(f"Q: {q}" in out for q in DEMO_FOLLOWUPS)
+    assert (tmp_path / "demo_overlay.png").is_file()

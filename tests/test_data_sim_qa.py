@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from anomalygpt.grid import ALL_CELLS, parse_cells
-from data_sim.qa import MAIN_QUESTIONS, NO_ANOMALY, conversation, main_answer, to_regions
+from data_sim.qa import MAIN_QUESTIONS, NO_ANOMALY, conversation, main_answer, margin_word, to_regions
 from data_sim.regions import regions_from_mask, regions_from_parts
 
 H, W = 90, 120
@@ -43,10 +43,28 @@ def test_two_anomalies_each_named_by_its_own_cell() -> None:
 
 
 def test_no_anomaly_answers() -> None:
-    conv = conversation(np.zeros((H, W), bool), np.random.default_rng(0), n_followups=6)
+    conv = conversation(np.zeros((H, W), bool), np.random.default_rng(0), n_followups=9)
+    assert len(conv) == 10  # no score given: every intent but "confidence"
     assert conv[0][1] == NO_ANOMALY
-    assert all("anomaly at the" not in a for _, a in conv[1:])
+    assert all("anomaly at the" not in a and "aside" not in a for _, a in conv[1:])
+    assert "Nothing: the part looks normal, so it can go on." in dict(conv[1:]).values()
     assert main_answer([]) == NO_ANOMALY
+
+
+@pytest.mark.parametrize("score,threshold,margin,answer", [
+    (2.6, 2.531, "narrow", "Not very sure: the anomaly score 2.60 is just above the threshold 2.53, so a second look is worth it."),
+    (2.4, 2.531, "narrow", "Not very sure: the anomaly score 2.40 is just below the threshold 2.53, so a second look is worth it."),
+    (1.4, 2.531, "clear", "Fairly sure: the anomaly score 1.40 is well below the threshold 2.53."),
+])
+def test_confidence_reads_the_margin(score, threshold, margin, answer) -> None:
+    assert margin_word(score, threshold) == margin
+    for seed in range(40):  # some seed asks it
+        conv = conversation(np.zeros((H, W), bool), np.random.default_rng(seed), score=score, threshold=threshold)
+        got = [a for _, a in conv[1:] if "sure" in a]
+        if got:
+            assert got == [answer]
+            return
+    pytest.fail("no conversation asked how sure the verdict is")
 
 
 def test_regions_from_mask_measures_box_area_centroid_cell() -> None:
@@ -65,10 +83,17 @@ def test_regions_from_mask_measures_box_area_centroid_cell() -> None:
 
 def test_followups_follow_ground_truth_and_are_seeded() -> None:
     m = _blob(*_centre_of("top left"), r=8) | _blob(*_centre_of("bottom right"), r=3)
-    a = conversation(m, np.random.default_rng(5), n_followups=7)
-    assert a == conversation(m, np.random.default_rng(5), n_followups=7)
-    assert len(a) == 8  # main + every follow-up intent
+    a = conversation(m, np.random.default_rng(5), n_followups=10, score=7.415, threshold=2.531)
+    assert a == conversation(m, np.random.default_rng(5), n_followups=10, score=7.415, threshold=2.531)
+    assert len(a) == 11  # main + every follow-up intent
     qa = dict(a[1:])
+    sure = next(ans for q, ans in qa.items() if q.startswith(("How confident", "How sure", "How certain", "Are you",
+                                                               "How reliable")))
+    assert sure == "Fairly sure: the anomaly score 7.42 is well above the threshold 2.53."
+    cause = next(ans for ans in qa.values() if "cause" in ans)
+    assert parse_cells(cause) == ["top left", "bottom right"]
+    act = next(ans for ans in qa.values() if ans.startswith("Set the part aside"))
+    assert parse_cells(act) == ["top left", "bottom right"]
     count = next(ans for q, ans in qa.items() if q.startswith("How many"))
     assert count == "There are two anomalies in the image."
     clean = next(ans for q, ans in qa.items() if q.startswith("Which") or q.startswith("Where does"))

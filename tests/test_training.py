@@ -109,6 +109,18 @@ def test_dataset_seeded_paired_and_heldout(tmp_path: Path) -> None:
         if it.label:
             assert "verdict anomalous" in it.facts and bool(it.mask.sum() > 0)
         assert it.question and it.answer
+    # facts: thresholds of many scales, the verdict on the label's side, sometimes a part name
+    import re
+
+    many = SimulatedAnomalyDataset(train, 32, 60, seed=1, sim=SimConfig(mode="blotch", anomalous_fraction=0.5),
+                                   followup_prob=1.0)
+    items = [many[i] for i in range(60)]
+    numbers = [tuple(map(float, re.search(r"score ([\d.]+), threshold ([\d.]+)", it.facts).groups())) for it in items]
+    assert max(t for _, t in numbers) > 5 * min(t for _, t in numbers)
+    for it, (score, threshold) in zip(items, numbers):
+        assert (score >= threshold) == bool(it.label) == ("verdict anomalous" in it.facts)
+    assert 10 < sum("Measured facts of the " in it.facts for it in items) < 50
+    assert "(narrow margin)" in " ".join(it.facts for it in items)
 
 
 # ------------------------------------------------------------------ tiny runs

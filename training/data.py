@@ -31,8 +31,15 @@ from anomalygpt.report import Region, facts_text
 
 VAL_FRACTION = 0.1        # share of the normal images held out for validation / calibration
 SPLIT_SEED = 0            # fixed: the held-out images must not change with the training seed
-FACTS_THRESHOLD = 0.5     # threshold written into training facts (the verdict is what matters)
-FACTS_MARGIN = 0.05       # training scores stay this far from the threshold: an unambiguous verdict
+# Scores and thresholds written into the training facts. Real ones depend on the checkpoint
+# and the references (ELPV: thresholds ~2-7, scores ~1-15), so the scale is drawn log-uniformly
+# and the chat learns to copy numbers, not to expect typical ones; a share are close calls.
+FACTS_THRESHOLD_RANGE = (0.3, 20.0)
+NARROW_PROB = 0.3         # share of items whose score is within the narrow margin of the threshold
+OBJECT_NAME_PROB = 0.5    # share of items whose facts name the part (as `inspect(object_name=...)` does)
+OBJECT_NAMES = ("solar cell", "bottle", "cable", "capsule", "carpet", "circuit board", "gear", "hazelnut",
+                "leather", "metal nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood panel",
+                "zipper", "casting", "weld seam", "fabric", "glass panel", "connector", "bearing", "label")
 FOLLOWUP_PROB = 0.5       # share of items trained on a follow-up question instead of the main one
 MIN_AREA = 16             # px: regions below this are specks (same as data_sim's default)
 MAIN_QUESTION = "Is there any anomaly in the image?"
@@ -56,6 +63,17 @@ def load_resized(path: Path | str, size: int) -> np.ndarray:
     from anomalygpt.images import load_image, resize_square
 
     return resize_square(load_image(path), size)
+
+
+def facts_score(label: int, rng: np.random.Generator) -> tuple[float, float]:
+    """(threshold, score) for a training item's facts: on the right side of the threshold
+    for its label, a close call with probability NARROW_PROB (see `data_sim.qa.margin_word`)."""
+    lo, hi = np.log(FACTS_THRESHOLD_RANGE)
+    threshold = float(np.exp(rng.uniform(lo, hi)))
+    narrow = rng.random() < NARROW_PROB
+    ratio = (rng.uniform(1.01, 1.14) if narrow else rng.uniform(1.16, 3.5)) if label else \
+        (rng.uniform(0.86, 0.99) if narrow else rng.uniform(0.2, 0.84))
+    return threshold, threshold * float(ratio)
 
 
 @dataclass
@@ -128,13 +146,15 @@ class SimulatedAnomalyDataset(Dataset):
         gt = parts if parts else mask
         regions = to_regions(gt, MIN_AREA)
         label = int(bool(regions))  # a simulation that left only specks is a normal sample
-        conv = conversation(gt, rng, min_area=MIN_AREA)
-        lo, hi = (FACTS_THRESHOLD + FACTS_MARGIN, 1.0) if label else (0.0, FACTS_THRESHOLD - FACTS_MARGIN)
-        score = float(rng.uniform(lo, hi))
+        threshold, score = facts_score(label, rng)
+        name = self.object_name
+        if rng.random() < OBJECT_NAME_PROB and name is None:
+            name = OBJECT_NAMES[int(rng.integers(len(OBJECT_NAMES)))]
+        conv = conversation(gt, rng, min_area=MIN_AREA, score=score, threshold=threshold)
         union = np.logical_or.reduce(parts) if parts else mask
-        facts = facts_text(score, FACTS_THRESHOLD, [Region.from_measured(r, score) for r in regions] if label else [],
+        facts = facts_text(score, threshold, [Region.from_measured(r, score) for r in regions] if label else [],
                            base.shape[:2], affected_cells(union, regions, min_pixels=MIN_AREA) if label else None,
-                           self.object_name)
+                           name)
         if len(conv) > 1 and rng.random() < self.followup_prob:
             # a chat goes on for several turns: the question is any follow-up, after the main
             # turn and the follow-ups before it (in a random order), as in the chat UI
