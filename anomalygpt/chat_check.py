@@ -34,6 +34,8 @@ from .report import InspectionReport
 
 KINDS = ("main", "where", "count", "clean", "size", "cell_bad", "cell_ok", "confidence", "cause", "action")
 _NUMBERS = {"no": 0, "zero": 0, "one": 1, "an": 1, "a": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+# kinds judged on naming exactly the report's cells, or, for a normal part, no cell and one of these words
+_NONE_WORDS = {"where": r"\bno\b", "cause": r"\b(no|nothing|normal)\b", "action": r"\b(no|nothing|normal)\b"}
 
 
 def said_count(text: str) -> int | None:
@@ -72,8 +74,8 @@ def judge(kind: str, answer: str, expected: Any) -> bool:
     """Whether `answer` agrees with `expected` (see questions_for)."""
     low = answer.lower()
     named = sorted(set(parse_cells(answer)))
-    if kind == "where":
-        return named == expected if expected else (not named and re.search(r"\bno\b", low) is not None)
+    if kind in _NONE_WORDS:
+        return named == expected if expected else (not named and re.search(_NONE_WORDS[kind], low) is not None)
     if kind == "count":
         return said_count(answer) == expected
     if kind == "clean":
@@ -87,8 +89,6 @@ def judge(kind: str, answer: str, expected: Any) -> bool:
         score, threshold, side, margin = expected
         hedged = re.search(r"\b(not very|just|close)\b", low) is not None
         return score in answer and threshold in answer and side in low and hedged == (margin == "narrow")
-    if kind in ("cause", "action"):  # the cells of the report, or none and no invented defect
-        return named == expected if expected else (not named and re.search(r"\b(no|nothing|normal)\b", low) is not None)
     return opening_yes_no(answer) == expected  # main, cell_bad, cell_ok
 
 

@@ -36,6 +36,9 @@ SPLIT_SEED = 0            # fixed: the held-out images must not change with the 
 # and the chat learns to copy numbers, not to expect typical ones; a share are close calls.
 FACTS_THRESHOLD_RANGE = (0.3, 20.0)
 NARROW_PROB = 0.3         # share of items whose score is within the narrow margin of the threshold
+# score / threshold ratios drawn per (label, narrow): inside or outside data_sim.qa.NARROW_MARGIN (0.15),
+# never at its edge, so the margin word of every training item is unambiguous
+SCORE_RATIOS = {(1, True): (1.01, 1.14), (1, False): (1.16, 3.5), (0, True): (0.86, 0.99), (0, False): (0.2, 0.84)}
 OBJECT_NAME_PROB = 0.5    # share of items whose facts name the part (as `inspect(object_name=...)` does)
 OBJECT_NAMES = ("solar cell", "bottle", "cable", "capsule", "carpet", "circuit board", "gear", "hazelnut",
                 "leather", "metal nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood panel",
@@ -71,9 +74,7 @@ def facts_score(label: int, rng: np.random.Generator) -> tuple[float, float]:
     lo, hi = np.log(FACTS_THRESHOLD_RANGE)
     threshold = float(np.exp(rng.uniform(lo, hi)))
     narrow = rng.random() < NARROW_PROB
-    ratio = (rng.uniform(1.01, 1.14) if narrow else rng.uniform(1.16, 3.5)) if label else \
-        (rng.uniform(0.86, 0.99) if narrow else rng.uniform(0.2, 0.84))
-    return threshold, threshold * float(ratio)
+    return threshold, threshold * float(rng.uniform(*SCORE_RATIOS[int(label), bool(narrow)]))
 
 
 @dataclass
