@@ -16,6 +16,17 @@ logits as inf or nan whichever layer it starts in (the next norm turns it into n
 check is made once per step, on the logits (`OverflowGuard`): a step whose logits are
 not finite is undone in the KV cache and recomputed in float32. Checking every layer's
 output instead cost ~15% of a decoding step (211 checks of a few microseconds each).
+The KV cache is found by what it is (an object with `get_seq_length` and `crop`), not by
+the keyword it travels under: transformers 5.24 renamed `past_key_values` to `cache` in
+the model's forward, and a guard that looked for the old name recomputed every
+overflowing step on top of a cache still holding that step's nan keys, so each redo was
+nan again. The step's own output carries the cache it wrote to; that is the one cropped.
+
+Kernels differ by CPU (oneDNN's float16 GEMM on AVX512-FP16, ATen's own AVX2 or AVX512
+kernels elsewhere): `half_kernel_is_safe` probes the float16 one-row product once at load
+(accuracy against float32, and that an overflow reaches the output as non-finite rather
+than being clamped to a finite value the guard cannot see) and the caller keeps float32
+where the probe fails.
 """
 from __future__ import annotations
 
@@ -56,19 +67,53 @@ class DecodeLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, compact={self.compact.dtype}"
 
 
+def _is_cache(value: Any) -> bool:
+    return callable(getattr(value, "get_seq_length", None)) and callable(getattr(value, "crop", None))
+
+
+def find_cache(args: tuple, kwargs: dict[str, Any]) -> Any | None:
+    """The KV cache among a forward call's arguments, whatever its keyword is called."""
+    for value in (*kwargs.values(), *args):
+        if _is_cache(value):
+            return value
+    return None
+
+
+def half_kernel_is_safe(dtype: torch.dtype = torch.float16, width: int = 576, seed: int = 0) -> tuple[bool, str]:
+    """Probe this CPU's one-row `dtype` product (the decoding fast path) once: it must be
+    close to float32 on random data, and overflow must come out non-finite (inf or nan),
+    since the guard only sees non-finite logits. Returns (safe, reason)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(256, width, generator=g) / width ** 0.5
+    x = torch.randn(1, width, generator=g)
+    with torch.no_grad():
+        exact = F.linear(x, w)
+        half = F.linear(x.to(dtype), w.to(dtype)).float()
+        err = float((half - exact).abs().max() / exact.abs().max())
+        limit = 2e-2 if dtype == torch.bfloat16 else 4e-3
+        if not err <= limit:
+            return False, f"one-row {dtype} product is off by {err:.2g} of its range (limit {limit})"
+        big = torch.full((1, width), float(torch.finfo(dtype).max) / 8, dtype=dtype)  # the sum overflows
+        over = F.linear(big, torch.ones(4, width, dtype=dtype))
+        if bool(torch.isfinite(over).all()):
+            return False, f"one-row {dtype} overflow stays finite, so the overflow guard could not see it"
+    return True, "ok"
+
+
 class OverflowGuard:
     """Forward hooks on the causal LM: a step that used compact weights and produced
     non-finite logits is rolled back in the KV cache and run again in float32."""
 
     def __init__(self, switch: _Switch) -> None:
         self.switch = switch
+        self._cache: Any | None = None  # the cache passed in, and its length before the step
         self._cached = 0
         self.recomputed = 0  # steps redone in float32 (for tests and curiosity)
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self.switch.used = False
-        cache = kwargs.get("past_key_values")
-        self._cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        self._cache = find_cache(args, kwargs)
+        self._cached = self._cache.get_seq_length() if self._cache is not None else 0
 
     def after(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if not self.switch.used:
@@ -77,11 +122,18 @@ class OverflowGuard:
         logits = output[0] if logits is None else logits
         if bool(torch.isfinite(logits).all()):
             return None
-        cache = kwargs.get("past_key_values")
-        if cache is not None:
-            added = cache.get_seq_length() - self._cached
+        # The cache this step wrote to: the one passed in, or (first step) one the forward
+        # made itself, which the redo replaces with a fresh one, so it needs no crop.
+        written = getattr(output, "past_key_values", None)
+        if written is None and self._cache is not None:
+            written = self._cache
+        if written is not None and written is self._cache:
+            added = written.get_seq_length() - self._cached
             if added:
-                cache.crop(-added)  # negative: remove that many tokens (every transformers version)
+                written.crop(-added)  # negative: remove that many tokens (every transformers version)
+            if written.get_seq_length() != self._cached:
+                raise RuntimeError("overflow guard: could not roll the KV cache back; "
+                                   "set llm.decode_weights: float32")
         self.switch.on = False
         try:
             self.recomputed += 1

@@ -24,6 +24,7 @@ import inspect
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import LLMConfig, PromptConfig
-from .decode_weights import DecodeLinear, compact_decode_weights
+from .decode_weights import DecodeLinear, compact_decode_weights, half_kernel_is_safe
 from .prompt_learner import PromptLearner
 
 # Short on purpose: every training sequence pays for these tokens, forward and backward.
@@ -447,6 +448,10 @@ class AnomalyLVLM(nn.Module):
         else:
             target = getattr(torch, decode_weights)
         if target != current and current == torch.float32:
+            safe, why = half_kernel_is_safe(target)
+            if not safe:  # this CPU's kernel would not give float32's answers: keep float32
+                warnings.warn(f"decode weights stay float32 on this CPU: {why}", RuntimeWarning, stacklevel=2)
+                return current
             compact_decode_weights(self.llm, target)
             return target
         return current
