@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .detector import Detector
+from .models.detector import Detector
 
 
 def threshold_rule(scores: np.ndarray) -> tuple[float, dict[str, float]]:

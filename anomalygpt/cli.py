@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import format_results, run_eval
+    from .evaluation.harness import format_results, run_eval
 
     shots = args.shots if args.shots == "all" else int(args.shots)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (0, 1, 2)
@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
+    from .evaluation.bench import format_table, run_bench
 
     res = run_bench(checkpoint=args.checkpoint, quick=args.quick)
     print(json.dumps(res, indent=2) if args.json else format_table(res))

@@ -14,11 +14,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import model as model_io
+from . import checkpoint as model_io
 from .calibrate import threshold_rule
-from .detector import gaussian_blur
+from .models.detector import gaussian_blur
 from .images import ImageLike, batch_tensor, load_image, resize_map
-from .memory_bank import MemoryBank
+from .models.memory_bank import MemoryBank
 from .report import InspectionReport, Region
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import numpy as np
 
 from data_sim.qa import affected_cells, margin_word, percent, size_word
 
-from .grid import ALL_CELLS
+from data_sim.grid import ALL_CELLS
 
 MAX_FACT_REGIONS = 3  # the answers describe at most three regions; more only adds tokens
 

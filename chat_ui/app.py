@@ -27,7 +27,7 @@ log = logging.getLogger("anomalygpt.ui")
 MAX_MB = MAX_BYTES // 2**20  # the browser refuses bigger files; the server checks again
 AVATARS = {"user": ":material/engineering:", "assistant": ":material/troubleshoot:"}  # icon font ships with Streamlit
 MAX_HISTORY_TURNS = 4  # earlier turns are dropped from the prompt (CPU time grows with it)
-# only intents the shipped chat weights were trained on (python -m anomalygpt.chat_check measures them)
+# only intents the shipped chat weights were trained on (python -m anomalygpt.evaluation.chat_check measures them)
 SUGGESTIONS = ("Where is the anomaly?", "How big is it?", "Is the left side OK?", "Which cells are clean?")
 SOURCE_UPLOAD, SOURCE_SAMPLE = "Upload a photo", "Bundled sample"
 

@@ -1,6 +1,6 @@
 """Question/answer pairs computed from ground-truth masks, for training the chat model.
 
-Every answer is derived from the mask through ``regions`` and ``anomalygpt.grid``, so a
+Every answer is derived from the mask through ``regions`` and ``data_sim.grid``, so a
 training target can never disagree with the pixels, and the 3x3 cell words are the same
 ones the report and the UI use. Questions come in several phrasings (picked by the seeded
 generator) so the model learns the intent, not one sentence; the main answer keeps one
@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from anomalygpt.grid import ALL_CELLS
+from data_sim.grid import ALL_CELLS
 from data_sim.regions import Region, regions_from_mask, regions_from_parts
 
 QA = tuple[str, str]

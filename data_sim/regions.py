@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from anomalygpt.grid import cell_of_point
+from data_sim.grid import cell_of_point
 
 Region = dict[str, Any]
 

@@ -48,7 +48,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
     """An untrained tiny checkpoint (64 px, 2-layer random Llama): tests the plumbing."""
-    from anomalygpt import model as model_io
+    from anomalygpt import checkpoint as model_io
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from anomalygpt import bench
+from anomalygpt.evaluation import bench
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,8 +3,8 @@ right answers and rejects wrong ones (phrased as the model phrases them)."""
 import numpy as np
 import pytest
 
-from anomalygpt.chat_check import check_chat, judge, questions_for, said_count, summarize
-from anomalygpt.grid import ALL_CELLS
+from anomalygpt.evaluation.chat_check import check_chat, judge, questions_for, said_count, summarize
+from data_sim.grid import ALL_CELLS
 from anomalygpt.report import InspectionReport, Region
 
 

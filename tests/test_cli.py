@@ -67,7 +67,7 @@ def test_demo_inspects_the_bundled_cell_and_chats(tmp_path, embedded_assistant, 
     answer that agrees with it, each follow-up asked with the turns before it, an overlay."""
     from anomalygpt.cli import DEMO_FOLLOWUPS
     from anomalygpt.inspector import AnomalyGPT
-    from anomalygpt.metrics import opening_yes_no
+    from anomalygpt.evaluation.metrics import opening_yes_no
 
     monkeypatch.setattr(AnomalyGPT, "from_pretrained", classmethod(lambda cls, *a, **kw: embedded_assistant))
     asked = []

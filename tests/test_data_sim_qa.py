@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomalygpt.grid import ALL_CELLS, parse_cells
+from data_sim.grid import ALL_CELLS, parse_cells
 from data_sim.qa import MAIN_QUESTIONS, NO_ANOMALY, conversation, main_answer, margin_word, to_regions
 from data_sim.regions import regions_from_mask, regions_from_parts
 

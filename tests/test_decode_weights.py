@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from anomalygpt.decode_weights import DecodeLinear, compact_decode_weights, find_cache, half_kernel_is_safe
+from anomalygpt.models.decode_weights import DecodeLinear, compact_decode_weights, find_cache, half_kernel_is_safe
 from test_lvlm import FACTS, inputs, make_random
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]

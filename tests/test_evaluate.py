@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from anomalygpt import evaluate
-from anomalygpt.evaluate import parse_shots, pick_references, run_eval, stratified_subset
+from anomalygpt.evaluation import harness as evaluate
+from anomalygpt.evaluation.harness import parse_shots, pick_references, run_eval, stratified_subset
 from data_sim.datasets import Sample, load_sample, resolve_dataset
 
 SIZE = 64
@@ -147,7 +147,7 @@ def test_bad_inputs_fail_with_one_clear_error(parts, tiny_checkpoint) -> None:
 def test_image_the_model_rejects_is_skipped_not_fatal(parts, tiny_checkpoint, tmp_path) -> None:
     """A file that decodes but that the model refuses fails its batch; the run retries that
     batch image by image, skips only the culprit and keeps the others."""
-    from anomalygpt.evaluate import evaluate_run
+    from anomalygpt.evaluation.harness import evaluate_run
     from anomalygpt.inspector import AnomalyGPT
 
     real = AnomalyGPT.from_pretrained(tiny_checkpoint, with_llm=False)

@@ -13,8 +13,9 @@ import torch
 
 from anomalygpt import hub
 from anomalygpt.config import LLMConfig, PromptConfig
-from anomalygpt.lvlm import IGNORE_INDEX, AnomalyLVLM
-from anomalygpt.prompt_learner import PromptLearner
+from anomalygpt.checkpoint import build_lvlm, load_lvlm_state, save_lvlm_state
+from anomalygpt.models.lvlm import IGNORE_INDEX, AnomalyLVLM
+from anomalygpt.models.prompt_learner import PromptLearner
 
 IMAGE_DIM = 32
 EMBEDDED_IMAGE_DIM = 320  # global_dim of the embedded EfficientNet-Lite0 encoder (last stage)
@@ -31,7 +32,7 @@ def make_random(seed: int = 0, **llm_kw) -> AnomalyLVLM:
     """Fresh tiny model; the same seed gives the same frozen base weights."""
     torch.manual_seed(seed)
     llm_cfg = LLMConfig(name="random", lora_dropout=0.0, **llm_kw)
-    return AnomalyLVLM.build(llm_cfg, PromptConfig(), image_dim=IMAGE_DIM)
+    return build_lvlm(llm_cfg, PromptConfig(), image_dim=IMAGE_DIM)
 
 
 def inputs(b: int = 2, size: int = 56, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +240,7 @@ def test_trainable_state_round_trip(tmp_path):
     assert not any("default" in k or "base_model" in k for k in sd)  # stable, peft-independent names
     assert sum(v.numel() for v in sd.values()) == sum(p.numel() for p in src.trainable_parameters())
     path = tmp_path / "trainable.safetensors"
-    src.save_trainable(path)
+    save_lvlm_state(src, path)
 
     dst = make_random(seed=0)  # same seed -> same frozen base weights, fresh trainable parts
     src.eval(), dst.eval()
@@ -250,7 +251,7 @@ def test_trainable_state_round_trip(tmp_path):
             return m.llm(inputs_embeds=b.inputs_embeds, attention_mask=b.attention_mask).logits
 
     assert not torch.equal(logits(src), logits(dst))
-    dst.load_trainable(path)
+    load_lvlm_state(dst, path)
     assert torch.equal(logits(src), logits(dst))
     assert src.generate(g, a, QUESTIONS, max_new_tokens=6) == dst.generate(g, a, QUESTIONS, max_new_tokens=6)
 
@@ -276,7 +277,7 @@ def test_quantization_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("machine has CUDA")
     with pytest.raises(hub.ModelNotAvailable, match="CUDA"):
-        AnomalyLVLM.build(LLMConfig(name="embedded", quantization="4bit"), PromptConfig(), EMBEDDED_IMAGE_DIM)
+        build_lvlm(LLMConfig(name="embedded", quantization="4bit"), PromptConfig(), EMBEDDED_IMAGE_DIM)
 
 
 # ----------------------------------------------------------------------------- embedded SmolLM2
@@ -284,7 +285,7 @@ def test_quantization_needs_cuda():
 def embedded() -> AnomalyLVLM:
     try:
         torch.manual_seed(0)
-        return AnomalyLVLM.build(LLMConfig(name="embedded"), PromptConfig(), image_dim=EMBEDDED_IMAGE_DIM)
+        return build_lvlm(LLMConfig(name="embedded"), PromptConfig(), image_dim=EMBEDDED_IMAGE_DIM)
     except hub.ModelNotAvailable as e:
         pytest.skip(str(e))
 
@@ -322,7 +323,7 @@ def test_folded_lora_matches_peft_merge_and_refuses_training():
     assert any(k.startswith("lora.") for k in state)
     trained.merge_lora()
     torch.manual_seed(0)
-    folded = AnomalyLVLM.build(LLMConfig(name="random", lora_dropout=0.0), PromptConfig(), image_dim=IMAGE_DIM,
+    folded = build_lvlm(LLMConfig(name="random", lora_dropout=0.0), PromptConfig(), image_dim=IMAGE_DIM,
                                fold_lora=True)
     assert not any("lora_" in n for n, _ in folded.llm.named_modules())
     folded.load_trainable_state_dict(state)
@@ -345,6 +346,6 @@ def test_folded_lora_matches_peft_merge_and_refuses_training():
 def test_folded_lora_rejects_a_state_of_other_settings():
     state = make_random().trainable_state_dict()
     torch.manual_seed(0)
-    folded = AnomalyLVLM.build(LLMConfig(name="random", lora_r=4), PromptConfig(), image_dim=IMAGE_DIM, fold_lora=True)
+    folded = build_lvlm(LLMConfig(name="random", lora_r=4), PromptConfig(), image_dim=IMAGE_DIM, fold_lora=True)
     with pytest.raises(ValueError, match="lora_r"):
         folded.load_trainable_state_dict(state)

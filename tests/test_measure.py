@@ -1,7 +1,7 @@
 """Verdict -> mask and regions: an anomalous verdict always says where, a normal one never."""
 import numpy as np
 
-from anomalygpt.grid import cell_name
+from data_sim.grid import cell_name
 from anomalygpt.inspector import MIN_REGION_SHARE, measure
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from anomalygpt.metrics import (answer_accuracy, answer_says_anomalous, clean_number, image_metrics, pixel_auroc,
+from anomalygpt.evaluation.metrics import (answer_accuracy, answer_says_anomalous, clean_number, image_metrics, pixel_auroc,
                                 pro_score)
 
 

@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from anomalygpt import model as model_io
+from anomalygpt import checkpoint as model_io
 from anomalygpt.config import EncoderConfig, TextConfig
-from anomalygpt.decoder import PatchDecoder
-from anomalygpt.encoders import build_image_encoder, text_anchors
-from anomalygpt.memory_bank import MemoryBank
+from anomalygpt.models.decoder import PatchDecoder
+from anomalygpt.checkpoint import build_image_encoder
+from anomalygpt.models.encoders import text_anchors
+from anomalygpt.models.memory_bank import MemoryBank
 
 TINY_CLIP = {"embed_dim": 32,
              "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},

@@ -132,7 +132,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_run_writes_loadable_checkpoint(full_run: Path) -> None:
-    from anomalygpt.model import load
+    from anomalygpt.checkpoint import load
 
     rows = _rows(full_run / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]

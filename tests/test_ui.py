@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from anomalygpt.grid import parse_cells
+from data_sim.grid import parse_cells
 from chat_ui import APP_PATH
 from chat_ui.inputs import (ASSETS_DIR, MAX_BYTES, InputError, bundled_samples, chat_history, checkpoint_name,
                             decode_upload)

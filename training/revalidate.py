@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from anomalygpt.model import load, save
+from anomalygpt.checkpoint import load, save
 from data_sim.datasets import normal_training_images
 
 from .data import split_images

@@ -14,7 +14,7 @@ Loss = focal_weight * focal + dice_weight * dice (each level and the fused map, 
 the decoder map *detached*, so language gradients never bend the localization).
 
 Resuming is exact: the data position is a pure function of the step (`training.data`), and the
-checkpoint holds the trainable weights (via `anomalygpt.model.save`), optimizer, scheduler and
+checkpoint holds the trainable weights (via `anomalygpt.checkpoint.save`), optimizer, scheduler and
 the python/numpy/torch RNG states. Only the main process writes, and every write is atomic
 (temp folder + rename), so an interrupted run never leaves half a checkpoint.
 
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from anomalygpt.config import ConfigError, ModelConfig, load_config, to_dict
-from anomalygpt.metrics import opening_yes_no
+from anomalygpt.evaluation.metrics import opening_yes_no
 
 from .data import MAIN_QUESTION, SimulatedAnomalyDataset, StepBatchSampler, collate, split_images
 from .losses import segmentation_losses
@@ -163,8 +163,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------- checkpoints
 def save_checkpoint(comps: Any, out_dir: Path, state: dict[str, Any] | None, name: str = CHECKPOINT_DIR) -> Path:
-    """Model (anomalygpt.model.save layout) + training_state.pt, appearing in one rename."""
-    from anomalygpt.model import save
+    """Model (anomalygpt.checkpoint.save layout) + training_state.pt, appearing in one rename."""
+    from anomalygpt.checkpoint import save
 
     staging = out_dir / f".{name}.staging"
     if staging.exists():
@@ -192,7 +192,7 @@ def _load_trainable(comps: Any, folder: Path) -> None:
     """The trainable parts of a checkpoint folder into freshly built components."""
     from safetensors.torch import load_file
 
-    from anomalygpt.model import DETECTOR_FILE, LVLM_FILE
+    from anomalygpt.checkpoint import DETECTOR_FILE, LVLM_FILE
 
     comps.detector.load_trainable_state_dict(load_file(str(folder / DETECTOR_FILE)))
     if comps.lvlm is not None:
@@ -201,7 +201,7 @@ def _load_trainable(comps: Any, folder: Path) -> None:
 
 def _check_resume_config(cfg: ModelConfig, ckpt: Path) -> None:
     """A resume must continue the same run: model and data settings must match the checkpoint."""
-    from anomalygpt.model import read_config
+    from anomalygpt.checkpoint import read_config
 
     saved = to_dict(read_config(ckpt))
     now = to_dict(cfg)
@@ -303,12 +303,12 @@ def validate(comps: Any, cfg: ModelConfig, train_images: list[Path], val_images:
     """(Calibration, metrics) on held-out images; the model is not changed."""
     from sklearn.metrics import roc_auc_score
 
-    from anomalygpt.grid import parse_cells
+    from data_sim.grid import parse_cells
     from anomalygpt.images import batch_tensor, load_image
     from anomalygpt.inspector import measure
-    from anomalygpt.detector import gaussian_blur
+    from anomalygpt.models.detector import gaussian_blur
     from anomalygpt.calibrate import calibrate
-    from anomalygpt.model import Calibration
+    from anomalygpt.checkpoint import Calibration
     from anomalygpt.report import affected, facts_text
 
     det = comps.detector.eval()
@@ -412,7 +412,7 @@ def _init_source(cfg: ModelConfig) -> Path:
     """The checkpoint folder named by `train.init_from`, checked to have been trained with
     the same model sections as `cfg` (before anything expensive is built)."""
     from anomalygpt.inspector import resolve_checkpoint
-    from anomalygpt.model import read_config
+    from anomalygpt.checkpoint import read_config
 
     src = resolve_checkpoint(cfg.train.init_from)
     section = _differing_model_section(to_dict(read_config(src)), to_dict(cfg))
@@ -429,7 +429,7 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from anomalygpt.model import build, save
+    from anomalygpt.checkpoint import build, save
     from data_sim.datasets import normal_training_images
 
     tc = cfg.train

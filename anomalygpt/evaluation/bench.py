@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # anomalygpt/
 ROOT = PACKAGE_DIR.parent            # so subprocesses import this checkout and find training/
 SAMPLE = PACKAGE_DIR / "assets" / "elpv_defect.png"
 
@@ -77,8 +77,8 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
     the report, to the first answer text and to the full answer (at most the checkpoint's
     llm.max_new_tokens, 48 for embedded), medians over `repeats` after one warm-up.
     `min_new_tokens` forces answers that long (the worst case of the 48-token budget)."""
-    from .images import load_image
-    from .inspector import DEFAULT_QUESTION
+    from ..images import load_image
+    from ..inspector import DEFAULT_QUESTION
 
     if assistant.lvlm is None:
         raise RuntimeError("the assistant was loaded without its LLM; load it with with_llm=True")
@@ -182,7 +182,7 @@ def measure_llm_load(cold: bool, repeats: int = 3) -> dict[str, Any]:
     """LLM load time in a fresh process. Cold = first ever: ANOMALYGPT_LLM_CACHE points at an
     empty temp folder, so the GGUF is de-quantized and cached again. Warm = the normal cache
     (built first if missing); median of `repeats` processes."""
-    from .hub import embedded_llm_dir
+    from ..hub import embedded_llm_dir
 
     if cold:
         with tempfile.TemporaryDirectory(prefix="anomalygpt-cold-llm-") as tmp:
@@ -239,7 +239,7 @@ def measure_train_step(checkpoint: str = "embedded", steps: int = 3) -> dict[str
     step pays one-off costs (lazy init, first data), so the median of the others is used."""
     if find_spec("training.train") is None:
         return {"error": "training.train is not available; skipped"}
-    from .inspector import resolve_checkpoint
+    from ..inspector import resolve_checkpoint
 
     config = "embedded" if str(checkpoint) == "embedded" else str(resolve_checkpoint(checkpoint) / "config.yaml")
     with tempfile.TemporaryDirectory(prefix="anomalygpt-bench-train-") as tmp:
@@ -285,7 +285,7 @@ def _guard(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = False) -> dict[str, Any]:
     """Every speed/memory number of BENCHMARK.md for a checkpoint (default: the shipped
     embedded one). `quick`: 3 repeats, no cold LLM load and no training steps (about a minute)."""
-    from .inspector import AnomalyGPT
+    from ..inspector import AnomalyGPT
 
     t_start = time.perf_counter()
     reps = 3 if quick else max(1, repeats)
@@ -333,8 +333,8 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
         _entry("train_sec_per_step", val("train_step", "sec_per_step"), "s",
                why("train_step") or f"global batch {m['train_step'].get('global_batch')}"),
     ]
-    from .inspector import resolve_checkpoint
-    from .model import read_config
+    from ..inspector import resolve_checkpoint
+    from ..checkpoint import read_config
 
     cfg = read_config(resolve_checkpoint(checkpoint))
     return {"checkpoint": str(checkpoint), "profile": cfg.name, "image_size": cfg.encoder.image_size,

@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import hub
-from .backbone_cache import load_backbone
-from .config import EncoderConfig, TextConfig
+from ..config import EncoderConfig, TextConfig
 
 # Prompt ensembles for the normal / abnormal anchors. Object-aware templates plus state
 # words that name the defects seen on real parts (cracks, dark areas, broken lines ...).
@@ -62,12 +60,11 @@ class TimmImageEncoder(ImageEncoder):
     backbone runs to its end; it feeds the LLM's image tokens.
     """
 
-    def __init__(self, cfg: EncoderConfig, cache: bool = True) -> None:
-        """`cache`: read (or make) the TorchScript copy of the backbone in the cache folder,
-        so that warm loads skip importing timm (see backbone_cache)."""
+    def __init__(self, cfg: EncoderConfig, backbone: nn.Module, info: Any) -> None:
+        """`backbone`, `info`: the features model and its facts (`backbone_cache.BackboneInfo`:
+        indices, channels, reductions, mean, std), loaded by the builder."""
         super().__init__()
-        self.backbone, info = load_backbone(cfg.name, cfg.pretrained, list(cfg.levels),
-                                            hub.cache_dir() / "backbones" if cache else None)
+        self.backbone = backbone
         self.levels = list(cfg.levels)
         self.indices = list(info.indices)
         self.dims = [info.channels[self.indices.index(i)] for i in self.levels]
@@ -94,10 +91,8 @@ class OpenClipImageEncoder(ImageEncoder):
     The global embedding is CLIP's projected image embedding, in the text tower's space.
     """
 
-    def __init__(self, cfg: EncoderConfig, model: nn.Module | None = None) -> None:
+    def __init__(self, cfg: EncoderConfig, model: nn.Module) -> None:
         super().__init__()
-        if model is None:
-            model, _ = hub.load_open_clip(cfg.name, cfg.pretrained, cfg.model_kwargs)
         self.visual = model.visual
         self.levels = list(cfg.levels)
         with torch.no_grad():
@@ -122,12 +117,6 @@ class OpenClipImageEncoder(ImageEncoder):
         if glob.dim() > 2:  # some towers return unpooled tokens here
             glob = glob.mean(dim=tuple(range(1, glob.dim() - 1)))
         return list(out["image_intermediates"]), glob
-
-
-def build_image_encoder(cfg: EncoderConfig, clip_model: nn.Module | None = None) -> ImageEncoder:
-    if cfg.backend == "timm":
-        return TimmImageEncoder(cfg)
-    return OpenClipImageEncoder(cfg, clip_model)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Do the chat's follow-up answers agree with the report they are grounded on?
 
-    python -m anomalygpt.chat_check --dataset elpv --per-label 10 --out out/chat.json
+    python -m anomalygpt.evaluation.chat_check --dataset elpv --per-label 10 --out out/chat.json
 
 The LLM can only be as right as the measured facts it is given, so the truth for each
 follow-up is the report itself (verdict, region cells, affected and clean cells, size),
@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from data_sim.qa import margin_word, size_word
 
-from .grid import ALL_CELLS, parse_cells
-from .inspector import DEFAULT_QUESTION
+from data_sim.grid import ALL_CELLS, parse_cells
+from ..inspector import DEFAULT_QUESTION
 from .metrics import opening_yes_no
-from .report import InspectionReport
+from ..report import InspectionReport
 
 KINDS = ("main", "where", "count", "clean", "size", "cell_bad", "cell_ok", "confidence", "cause", "action")
 _NUMBERS = {"no": 0, "zero": 0, "one": 1, "an": 1, "a": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
@@ -117,10 +117,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .evaluate import dataset_groups
-    from .inspector import AnomalyGPT
+    from .harness import dataset_groups
+    from ..inspector import AnomalyGPT
 
-    p = argparse.ArgumentParser(prog="python -m anomalygpt.chat_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m anomalygpt.evaluation.chat_check", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="elpv", help="as for anomalygpt eval (elpv, mvtec:PATH, folder:PATH ...)")
     p.add_argument("--checkpoint", default="embedded")
     p.add_argument("--per-label", type=int, default=10, help="normal and anomalous test images per group")

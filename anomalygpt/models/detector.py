@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .decoder import PatchDecoder
 from .encoders import ImageEncoder
 from .memory_bank import MemoryBank

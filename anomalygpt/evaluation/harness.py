@@ -267,7 +267,7 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 def _checkpoint_id(checkpoint: str | Path) -> dict[str, Any]:
     """Identity of a checkpoint's weights (path, sizes, mtimes, calibration) for run reuse."""
-    from .inspector import resolve_checkpoint
+    from ..inspector import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     h = hashlib.sha256()
@@ -333,7 +333,7 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     ``answers``: also generate the answer to the main question and score its yes/no (slow:
     the LLM runs once per image). ``max_images``: a stratified subset per group, for quick looks.
     """
-    from .inspector import DEFAULT_QUESTION, AnomalyGPT
+    from ..inspector import DEFAULT_QUESTION, AnomalyGPT
 
     t_start = time.perf_counter()
     shots = parse_shots(shots)

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 from . import hub
-from .config import ModelConfig, from_dict, to_dict
-from .detector import Detector
-from .encoders import build_image_encoder, text_anchors
+from .config import EncoderConfig, LLMConfig, ModelConfig, PromptConfig, from_dict, to_dict
+from .models.detector import Detector
+from .models.encoders import ImageEncoder, OpenClipImageEncoder, TimmImageEncoder, text_anchors
 
 DETECTOR_FILE = "detector.safetensors"
 LVLM_FILE = "lvlm.safetensors"
@@ -51,6 +52,31 @@ class Components:
     calibration: Calibration
 
 
+def build_image_encoder(cfg: EncoderConfig, clip_model: nn.Module | None = None, cache: bool = True) -> ImageEncoder:
+    """The frozen image encoder with its weights resolved: a timm backbone (through the
+    TorchScript cache when `cache`, so warm loads skip importing timm; see backbone_cache)
+    or an open_clip vision tower (`clip_model`, or loaded through the hub)."""
+    if cfg.backend == "timm":
+        from .backbone_cache import load_backbone
+
+        backbone, info = load_backbone(cfg.name, cfg.pretrained, list(cfg.levels),
+                                       hub.cache_dir() / "backbones" if cache else None)
+        return TimmImageEncoder(cfg, backbone, info)
+    if clip_model is None:
+        clip_model, _ = hub.load_open_clip(cfg.name, cfg.pretrained, cfg.model_kwargs)
+    return OpenClipImageEncoder(cfg, clip_model)
+
+
+def build_lvlm(llm_cfg: LLMConfig, prompt_cfg: PromptConfig, image_dim: int, fold_lora: bool = False) -> Any:
+    """The LLM named in `llm_cfg`, loaded through the hub (embedded / random / HF id), wrapped
+    as an AnomalyLVLM (imported here: transformers is slow to import)."""
+    from .models.lvlm import AnomalyLVLM
+
+    llm, tok = hub.load_llm(llm_cfg.name, dtype=llm_cfg.dtype, quantization=llm_cfg.quantization,
+                            random_config=llm_cfg.random_config or None)
+    return AnomalyLVLM(llm, tok, image_dim, prompt_cfg, llm_cfg, fold_lora=fold_lora)
+
+
 def build(cfg: ModelConfig, with_llm: bool = True, anchors: torch.Tensor | None = None,
           fold_lora: bool = False) -> Components:
     """Build every piece from the config with fresh trainable parts.
@@ -65,9 +91,7 @@ def build(cfg: ModelConfig, with_llm: bool = True, anchors: torch.Tensor | None 
     encoder = build_image_encoder(cfg.encoder, clip_model)
     lvlm = None
     if with_llm or (anchors is None and cfg.text.backend == "llm"):
-        from .lvlm import AnomalyLVLM
-
-        lvlm = AnomalyLVLM.build(cfg.llm, cfg.prompt, encoder.global_dim, fold_lora=fold_lora)
+        lvlm = build_lvlm(cfg.llm, cfg.prompt, encoder.global_dim, fold_lora=fold_lora)
     if anchors is None:
         if cfg.text.backend == "llm":
             assert lvlm is not None
@@ -136,3 +160,29 @@ def load(path: str | Path, with_llm: bool = True, fold_lora: bool = False) -> Co
     if (path / CALIBRATION_FILE).is_file():
         comps.calibration = Calibration(**json.loads((path / CALIBRATION_FILE).read_text()))
     return comps
+
+
+def save_lvlm_state(lvlm: Any, path: str | Path) -> None:
+    """Write an AnomalyLVLM's trainable state alone as safetensors, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.contiguous().cpu() for k, v in lvlm.trainable_state_dict().items()}
+    meta = {"hidden_size": str(lvlm.hidden_size), "image_dim": str(lvlm.image_dim),
+            "n_image_tokens": str(lvlm.n_image_tokens), "n_map_tokens": str(lvlm.prompt_cfg.n_map_tokens),
+            "n_base_tokens": str(lvlm.prompt_cfg.n_base_tokens), "lora_r": str(lvlm.llm_cfg.lora_r)}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_lvlm_state(lvlm: Any, path: str | Path, strict: bool = True) -> None:
+    """Load a file written by `save_lvlm_state` into an AnomalyLVLM of the same settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trainable-state file not found: {path}")
+    lvlm.load_trainable_state_dict(load_file(str(path)), strict=strict)
