@@ -32,6 +32,39 @@ DETECTOR_FILE = "detector.safetensors"
 LVLM_FILE = "lvlm.safetensors"
 CONFIG_FILE = "config.yaml"
 CALIBRATION_FILE = "calibration.json"
+# the trainer's optimizer/RNG state beside the model files; it is read only by the trainer's
+# resume and only with torch.load(weights_only=True), which refuses anything but tensors and
+# plain containers, so it is the one pickle a checkpoint folder may hold without a flag
+TRAINING_STATE_FILE = "training_state.pt"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+class PickleRefused(ValueError):
+    """A checkpoint folder holds pickle files and the user did not allow them."""
+
+
+def pickle_files(folder: str | Path) -> list[Path]:
+    """Pickle-format files in `folder` (not recursive), except the trainer's weights-only state."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES and p.name != TRAINING_STATE_FILE)
+
+
+def check_no_pickle(folder: str | Path, allow_pickle: bool = False) -> None:
+    """Refuse a folder holding pickle files unless `allow_pickle`.
+
+    Unpickling can run any code the file's author wrote; this project writes only
+    safetensors, YAML and JSON, so a pickle in a checkpoint or model folder came from
+    somewhere else, and loading that folder is the user's explicit decision.
+    """
+    found = pickle_files(folder)
+    if found and not allow_pickle:
+        names = ", ".join(p.name for p in found[:3]) + (" ..." if len(found) > 3 else "")
+        raise PickleRefused(
+            f"{folder} holds pickle files ({names}), which can run code when loaded; convert them to "
+            "safetensors, remove them, or pass --allow-pickle (allow_pickle=True) if you trust their source")
 
 
 @dataclass
@@ -147,11 +180,16 @@ def read_config(path: str | Path) -> ModelConfig:
     return from_dict(yaml.safe_load(p.read_text()))
 
 
-def load(path: str | Path, with_llm: bool = True, fold_lora: bool = False) -> Components:
+def load(path: str | Path, with_llm: bool = True, fold_lora: bool = False, allow_pickle: bool = False) -> Components:
     """A checkpoint folder as components. `fold_lora` (inference only) adds the LoRA deltas
-    into the LLM's weights without peft; such an LVLM cannot be trained or saved."""
+    into the LLM's weights without peft; such an LVLM cannot be trained or saved. A folder
+    holding pickle files is refused unless `allow_pickle` (see check_no_pickle); so is an
+    LLM named by a local folder holding them."""
     path = Path(path)
     cfg = read_config(path)
+    check_no_pickle(path, allow_pickle)
+    if with_llm and Path(cfg.llm.name).expanduser().is_dir():
+        check_no_pickle(Path(cfg.llm.name).expanduser(), allow_pickle)
     det_sd = load_file(str(path / DETECTOR_FILE))
     comps = build(cfg, with_llm=with_llm, anchors=det_sd["decoder.anchors"], fold_lora=fold_lora)
     comps.detector.load_trainable_state_dict(det_sd)

@@ -13,6 +13,7 @@ from typing import Sequence
 from . import __version__
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+ALLOW_PICKLE_HELP = "load a checkpoint folder that holds pickle files (*.pt, *.bin, ...): only if you trust it"
 
 
 class CLIError(Exception):
@@ -61,9 +62,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     images = _expand_images(args.images)
     if not images:
         raise CLIError("no images given; pass image files or folders")
-    assistant = AnomalyGPT.from_pretrained(args.checkpoint, with_llm=not args.no_answer)
+    distributed = args.distributed or _batch_world() > 1
+    if (args.resume or distributed) and not args.jsonl:
+        raise CLIError("--resume and distributed runs need --jsonl OUT.jsonl (the file that records finished images)")
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint, with_llm=not args.no_answer, allow_pickle=args.allow_pickle)
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
     out_dir = Path(args.out) if args.out else None
+    if args.jsonl:
+        return _inspect_to_jsonl(args, assistant, images, refs, out_dir, distributed)
     failures: list[tuple[str, str]] = []
     results = []
     question = None if args.no_answer else args.question
@@ -93,10 +99,54 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_world() -> int:
+    from .batch import world_from_env
+
+    return world_from_env()
+
+
+def _inspect_to_jsonl(args: argparse.Namespace, assistant, images: list[str], refs, out_dir: Path | None,
+                      distributed: bool) -> int:
+    """`inspect --jsonl`: a line per image as it finishes, --resume, and accelerate ranks (batch.py)."""
+    from tqdm import tqdm
+
+    from . import batch
+    from .images import load_image
+
+    question = None if args.no_answer else args.question
+
+    def inspect_one(path: str) -> dict:
+        rgb = load_image(path)
+        report = assistant.inspect(rgb, refs, object_name=args.object, question=question)
+        report.source = path
+        if out_dir is not None:
+            _write_outputs(report, rgb, out_dir, Path(path).stem)
+        return report.to_dict()
+
+    def show(rec: dict) -> None:
+        if batch.ERROR_KEY in rec:
+            tqdm.write(f"error: {rec[batch.ERROR_KEY]}", file=sys.stderr)
+        elif not distributed:
+            tqdm.write(f"{rec['source']}: {rec['verdict'].upper()} (score {rec['score']:.3f})")
+
+    def progress(items):
+        return tqdm(items, desc="inspect", unit="img", disable=len(items) < 2, file=sys.stderr)
+
+    res, records = batch.run(inspect_one, images, Path(args.jsonl), args.resume, distributed, progress, show)
+    if records is None:  # a rank other than the main one: its own part
+        return 1 if res.failed else 0
+    wanted = set(images)  # the whole file's state for these images, earlier (resumed) runs included
+    failed = sum(batch.ERROR_KEY in r for r in records if r[batch.SOURCE_KEY] in wanted)
+    ok = sum(batch.ERROR_KEY not in r for r in records if r[batch.SOURCE_KEY] in wanted)
+    print(f"{ok} inspected, {failed} failed ({res.done + res.failed} in this run, {res.skipped} already done); "
+          f"lines in {args.jsonl}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .inspector import DEFAULT_QUESTION, AnomalyGPT
 
-    assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle)
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
     report = assistant.inspect(args.image, refs, object_name=args.object)
     report.source = args.image
@@ -186,16 +236,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
+    """Replace this process by Streamlit (exec): nothing runs after it, and a supervisor's
+    SIGTERM or a Ctrl-C then reaches the server itself. A child process would be orphaned,
+    still holding the port and ~2 GB, when only this parent got the signal."""
     app = Path(__file__).resolve().parent.parent / "chat_ui" / "app.py"
     if not app.is_file():
         raise CLIError(f"chat UI not found at {app}")
     env = dict(os.environ, ANOMALYGPT_CHECKPOINT=str(args.checkpoint))
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--server.address", args.host, "--browser.gatherUsageStats", "false", "--server.headless", "true"]
-    print(f"chat UI on http://{args.host}:{args.port}  (Ctrl-C to stop)")
-    return subprocess.call(cmd, env=env)
+    print(f"chat UI on http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached: execve does not return
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--question", default="Is there any anomaly in the image?")
     sp.add_argument("--no-answer", action="store_true", help="detector only, no LLM answer")
     sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--jsonl", default=None, metavar="OUT.jsonl",
+                    help="append one JSON line per image as it finishes (errors too, with their reason)")
+    sp.add_argument("--resume", action="store_true", help="with --jsonl: skip images already in the file")
+    sp.add_argument("--distributed", action="store_true",
+                    help="with --jsonl: split the images between the processes of `accelerate launch` "
+                         "(on by itself when WORLD_SIZE > 1)")
+    sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     sp.set_defaults(func=cmd_inspect)
 
     sp = add("chat", "inspect one image, then chat about it in the terminal")
@@ -224,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ref", nargs="*", default=[])
     sp.add_argument("--object", default=None)
     sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     sp.set_defaults(func=cmd_chat)
 
     sp = add("train", "train decoder, prompt learner and LoRA on simulated anomalies (see training.train --help)")

@@ -69,9 +69,12 @@ class AnomalyGPT:
         self.calibration = components.calibration
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True) -> "AnomalyGPT":
-        """Load a checkpoint folder (or 'embedded', the one shipped with the package)."""
-        return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm, fold_lora=True))
+    def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True,
+                        allow_pickle: bool = False) -> "AnomalyGPT":
+        """Load a checkpoint folder (or 'embedded', the one shipped with the package). A folder
+        holding pickle files is refused unless `allow_pickle` (they can run code when loaded)."""
+        return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm, fold_lora=True,
+                                 allow_pickle=allow_pickle))
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -99,9 +100,18 @@ def _read_file(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: no such image file; check the path")
     pil_error: Exception | None = None
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _pil_to_array(img)
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that: refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return _pil_to_array(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # no OpenCV fallback: it would try to allocate the claimed size
+        raise ValueError(
+            f"{path}: refused as a possible decompression bomb ({err}); "
+            f"use an image under {Image.MAX_IMAGE_PIXELS} pixels"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         pil_error = err
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile+imdecode copes with non-ASCII paths

@@ -143,7 +143,7 @@ def test_tiny_run_writes_loadable_checkpoint(full_run: Path) -> None:
     comps = load(full_run / "final", with_llm=True)
     assert comps.calibration.source.startswith("validation on")
     assert comps.calibration.threshold == pytest.approx(val["calibration"]["threshold"])
-    state = torch.load(full_run / "checkpoint-last" / "training_state.pt", weights_only=False)
+    state = torch.load(full_run / "checkpoint-last" / "training_state.pt", weights_only=True)
     assert state["step"] == 4
     # a second run into the same folder without --resume refuses to overwrite it
     assert _train(["--config", TINY, "--out", str(full_run)]) == 2
@@ -153,7 +153,7 @@ def test_kill_and_resume_is_exact(full_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     # interrupted after step 3: the last checkpoint is step 2, step 3 is lost
     assert _train(["--config", TINY, "--out", str(out), "--stop-after", "3"]) == 0
-    assert torch.load(out / "checkpoint-last" / "training_state.pt", weights_only=False)["step"] == 2
+    assert torch.load(out / "checkpoint-last" / "training_state.pt", weights_only=True)["step"] == 2
     assert not (out / "final").exists()
     assert _train(["--config", TINY, "--out", str(out), "--resume"]) == 0
     a, b = _weights(full_run / "final"), _weights(out / "final")
@@ -207,6 +207,6 @@ def test_two_cpu_ranks_through_accelerate_launch(tmp_path: Path) -> None:
     assert h0 == h1 and len(h0) == 64
     dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert dirs == ["checkpoint-last", "final"], dirs  # one checkpoint, no leftovers of a second writer
-    assert torch.load(out / "checkpoint-last" / "training_state.pt", weights_only=False)["world_size"] == 2
+    assert torch.load(out / "checkpoint-last" / "training_state.pt", weights_only=True)["world_size"] == 2
     assert [r["step"] for r in _rows(out / "metrics.csv")] == ["1", "2", "3"]
     print(f"2-rank run took {time.time() - t0:.1f} s")

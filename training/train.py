@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anomalygpt.checkpoint import TRAINING_STATE_FILE
 from anomalygpt.config import ConfigError, ModelConfig, load_config, to_dict
 from anomalygpt.evaluation.metrics import opening_yes_no
 
@@ -57,7 +58,7 @@ log = logging.getLogger("training")
 
 CHECKPOINT_DIR = "checkpoint-last"
 FINAL_DIR = "final"
-STATE_FILE = "training_state.pt"
+STATE_FILE = TRAINING_STATE_FILE  # read back with torch.load(weights_only=True): no code runs
 METRICS_FILE = "metrics.csv"
 METRIC_FIELDS = ["step", "loss", "focal", "dice", "lm", "lr", "lora_lr", "grad_norm", "sec_per_step"]
 REFERENCE_SHOTS = 4   # normal references for the fused-map threshold the inspector uses with references
@@ -147,7 +148,10 @@ def params_hash(comps: Any) -> str:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's key array as a tensor: the state then loads with weights_only=True (no pickle code)
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -155,7 +159,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -179,8 +184,13 @@ def save_checkpoint(comps: Any, out_dir: Path, state: dict[str, Any] | None, nam
 
 
 def load_training_state(ckpt: Path) -> dict[str, Any]:
-    # our own file (numpy RNG state needs full unpickling)
-    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    # tensors and plain containers only (the numpy RNG keys are stored as a tensor)
+    try:
+        return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - e.g. a state written by a version that pickled numpy arrays
+        raise ValueError(f"{ckpt / STATE_FILE} cannot be read without unpickling code ({type(e).__name__}); "
+                         "it was written by an older version: start a new run or fine-tune from it with "
+                         "train.init_from") from None
 
 
 def _differing_model_section(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
