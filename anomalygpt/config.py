@@ -8,6 +8,7 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -206,7 +207,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': expected a finite number, got {str(value)[:20]}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
@@ -271,7 +278,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value (e.g. train.steps=100)")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        what = str(getattr(e, "problem", None) or type(e).__name__).strip()
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({what}); "
+                          "quote it, e.g. key='text'") from None
 
 
 def load_config(name_or_path: str | Path = "embedded", overrides: list[str] | None = None) -> ModelConfig:
