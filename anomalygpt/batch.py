@@ -141,29 +141,37 @@ def _done_sources(out: Path) -> set[str]:
     return done
 
 
-def plan(images: Sequence[str], out: Path, resume: bool, rank: int = 0, world: int = 1) -> tuple[list[str], int]:
+def _has_results(out: Path) -> bool:
+    return any(p.is_file() and p.stat().st_size > 0 for p in [out, *shard_files(out)])
+
+
+def _refuse_overwrite(out: Path) -> None:
+    raise ValueError(f"{out} (or a shard of it) already holds results; pass --resume to continue that run "
+                     "or choose a new --jsonl file")
+
+
+def plan(images: Sequence[str], out: Path, resume: bool, rank: int = 0, world: int = 1,
+         done: set[str] | None = None) -> tuple[list[str], int]:
     """(this rank's images, number skipped as already done). Without `resume` an output that
-    already holds lines is refused rather than appended to twice."""
+    already holds lines is refused rather than appended to twice. `done` overrides what is
+    read from the local files (a distributed run passes the union over every rank)."""
     out = Path(out)
-    existing = [p for p in [out, *shard_files(out)] if p.is_file() and p.stat().st_size > 0]
-    if existing and not resume:
-        raise ValueError(f"{existing[0]} already holds results; pass --resume to continue that run "
-                         "or choose a new --jsonl file")
-    done = _done_sources(out) if existing else set()
+    if done is None:
+        if _has_results(out) and not resume:
+            _refuse_overwrite(out)
+        done = _done_sources(out) if resume else set()
     todo = [p for p in images if p not in done]
     return todo[rank::world], len(images) - len(todo)
 
 
-def merge_shards(out: Path, images: Sequence[str]) -> list[dict[str, Any]]:
-    """Rank 0, after every rank finished: output + shards -> output in input order, written
-    atomically (temp file + rename), then the shards are removed. Lines of images not in
-    this run's input (an earlier run over other files) keep their place after these."""
+def merge_records(out: Path, images: Sequence[str], records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What `out` holds plus `records` -> `out` in input order, written atomically (temp file +
+    rename). Lines of images not in this run's input (an earlier run over other files) keep
+    their place after these; an image present twice keeps its first line."""
     out = Path(out)
-    shards = shard_files(out)
     by_source: dict[str, dict[str, Any]] = {}
-    for path in [out, *shards]:
-        for rec in read_records(path):
-            by_source.setdefault(rec[SOURCE_KEY], rec)
+    for rec in [*read_records(out), *records]:
+        by_source.setdefault(rec[SOURCE_KEY], rec)
     order = list(dict.fromkeys(images))
     merged = [by_source.pop(s) for s in order if s in by_source] + list(by_source.values())
     tmp = out.with_name(f".{out.name}.merge-{os.getpid()}")
@@ -173,9 +181,27 @@ def merge_shards(out: Path, images: Sequence[str]) -> list[dict[str, Any]]:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, out)
+    return merged
+
+
+def merge_shards(out: Path, images: Sequence[str]) -> list[dict[str, Any]]:
+    """One machine: `out` + every shard file beside it -> `out` in input order; shards removed."""
+    shards = shard_files(out)
+    merged = merge_records(out, images, [r for shard in shards for r in read_records(shard)])
     for shard in shards:
         shard.unlink(missing_ok=True)
     return merged
+
+
+def _shards_of(out: Path, rank: int, world: int) -> list[Path]:
+    """The shard files rank `rank` hands in: its own, and those left by ranks this run does
+    not have (an earlier run with more processes), dealt out by index."""
+    mine = []
+    for p in shard_files(out):
+        idx = int(p.name[len(out.name) + 5:])
+        if idx == rank or (idx >= world and idx % world == rank):
+            mine.append(p)
+    return mine
 
 
 def world_from_env() -> int:
@@ -194,7 +220,10 @@ def run(inspect_one: Callable[[str], dict[str, Any]], images: Sequence[str], out
     counts the errors of the earlier part too.
 
     `distributed` joins the processes started by `accelerate launch` (gloo on CPUs, NCCL on
-    GPUs; Accelerator(cpu=True) when no GPU is visible, so CPU ranks form one group).
+    GPUs; Accelerator(cpu=True) when no GPU is visible, so CPU ranks form one group). The
+    finished set and the shards' lines travel through the process group, not the file
+    system, so machines need not share a folder for the output (each writes its shards
+    locally; the merged file is on the main process's machine).
     """
     out = Path(out)
     if not distributed:
@@ -205,22 +234,36 @@ def run(inspect_one: Callable[[str], dict[str, Any]], images: Sequence[str], out
         return res, read_records(out)
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     rank, world = acc.process_index, acc.num_processes
-    try:
-        todo, skipped = plan(images, out, resume, rank, world)
-        err = None
-    except ValueError as e:  # every rank sees the same files: all refuse together
-        todo, skipped, err = [], 0, e
-    acc.wait_for_everyone()  # every rank has read the finished set before any writes
-    if err is not None:
-        raise err
+    # every rank sees what every rank has on its disk, so all agree on the plan (and refuse together)
+    seen = gather_object([(_has_results(out), sorted(_done_sources(out)) if resume else [])])
+    if any(has for has, _ in seen) and not resume:
+        _refuse_overwrite(out)
+    done = set().union(*(set(d) for _, d in seen))
+    todo, skipped = plan(images, out, resume, rank, world, done=done)
     with JsonlWriter(shard_path(out, rank)) as writer:
         res = inspect_images(inspect_one, todo, writer, progress, on_record)
     res.skipped = skipped
-    acc.wait_for_everyone()
-    merged = merge_shards(out, images) if acc.is_main_process else None
-    acc.wait_for_everyone()
+    handed_in = _shards_of(out, rank, world)
+    lines = [r for shard in handed_in for r in read_records(shard)]
+    gathered = _gather_to_main(lines, acc)
+    merged = merge_records(out, images, gathered) if acc.is_main_process else None
+    acc.wait_for_everyone()  # the merged file is on disk before any shard goes
+    for shard in handed_in:
+        shard.unlink(missing_ok=True)
     print(f"rank {rank}/{world}: {res.done} inspected, {res.failed} failed", file=sys.stderr, flush=True)
     return res, merged
+
+
+def _gather_to_main(lines: list[dict[str, Any]], acc: Any) -> list[dict[str, Any]]:
+    """Every rank's lines on the main process (others get []), in rank order."""
+    import torch.distributed as dist
+
+    if acc.num_processes == 1 or not dist.is_initialized():
+        return lines
+    parts: list[Any] | None = [None] * acc.num_processes if acc.is_main_process else None
+    dist.gather_object(lines, parts, dst=0)
+    return [r for part in parts for r in part] if parts is not None else []

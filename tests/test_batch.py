@@ -169,3 +169,16 @@ def test_two_accelerate_ranks_give_the_one_process_file(one_run, folder, tiny_ch
     assert "10 inspected, 1 failed" in proc.stderr
     assert _records(out) == _records(one_run)
     assert batch.shard_files(out) == []
+
+
+def test_each_left_over_shard_is_handed_in_by_exactly_one_rank(tmp_path) -> None:
+    """Resuming with fewer processes than before: shards of ranks that no longer exist are
+    dealt out, so every earlier line reaches the merge once."""
+    out = tmp_path / "r.jsonl"
+    for idx in range(5):
+        batch.shard_path(out, idx).write_text(f'{{"source": "s{idx}"}}\n')
+    dealt = [sorted(p.name for p in batch._shards_of(out, rank, 2)) for rank in range(2)]
+    assert dealt == [["r.jsonl.rank0", "r.jsonl.rank2", "r.jsonl.rank4"], ["r.jsonl.rank1", "r.jsonl.rank3"]]
+    todo, skipped = batch.plan([f"s{i}" for i in range(7)], out, resume=True, rank=1, world=2,
+                               done={"s0", "s1", "s2", "s3", "s4"})
+    assert (todo, skipped) == (["s6"], 5)
