@@ -13,6 +13,7 @@ file beside the output, and rank 0 merges the shards into the output in input or
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -64,6 +65,12 @@ class JsonlWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
+        try:  # two runs appending to one file would interleave and redo each other's images
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            raise ValueError(f"{self.path} is being written by another running inspection; wait for it "
+                             "to finish (then --resume) or choose another --jsonl file") from None
         self._cut_torn_tail()
 
     def _cut_torn_tail(self) -> None:
@@ -227,8 +234,8 @@ def run(inspect_one: Callable[[str], dict[str, Any]], images: Sequence[str], out
     """
     out = Path(out)
     if not distributed:
-        todo, skipped = plan(images, out, resume)
-        with JsonlWriter(out) as writer:
+        with JsonlWriter(out) as writer:  # locked before reading what is done
+            todo, skipped = plan(images, out, resume)
             res = inspect_images(inspect_one, todo, writer, progress, on_record)
         res.skipped = skipped
         return res, read_records(out)

@@ -182,3 +182,11 @@ def test_each_left_over_shard_is_handed_in_by_exactly_one_rank(tmp_path) -> None
     todo, skipped = batch.plan([f"s{i}" for i in range(7)], out, resume=True, rank=1, world=2,
                                done={"s0", "s1", "s2", "s3", "s4"})
     assert (todo, skipped) == (["s6"], 5)
+
+
+def test_a_second_writer_of_the_same_file_is_refused(tmp_path) -> None:
+    out = tmp_path / "busy.jsonl"
+    with batch.JsonlWriter(out):
+        with pytest.raises(ValueError, match="another running inspection"):
+            batch.JsonlWriter(out)
+    batch.JsonlWriter(out).close()  # free again once the first one closed
