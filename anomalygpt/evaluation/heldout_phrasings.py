@@ -149,3 +149,16 @@ HELDOUT: dict[str, tuple[str, ...]] = {
 
 INTENTS: tuple[str, ...] = tuple(HELDOUT)
 SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
+
+
+def training_wordings() -> set[str]:
+    """Every question data_sim.qa trains the chat on, with each cell and side filled in,
+    lower-cased: read from its source, so a template added there is covered here too."""
+    import re
+    from pathlib import Path
+
+    from data_sim import qa
+    from data_sim.grid import ALL_CELLS
+
+    quoted = re.findall(r'f?"([^"]*\?)"', Path(qa.__file__).read_text()) + list(qa.MAIN_QUESTIONS)
+    return {q.replace("{cell}", c).replace("{side}", s).lower() for q in quoted for c in ALL_CELLS for s in SIDES}
