@@ -58,3 +58,12 @@ def test_check_chat_scores_each_turn_and_finds_contradictions_of_the_first_answe
     assert [t["contradicts_first"] for t in out["turns"]] == [False, False, False, True]
     s = summarize([out])
     assert s["all"]["agree"] == pytest.approx(2 / 4) and s["consistency"]["chats_with_contradiction"] == 1
+
+
+def test_question_intent_reads_the_cell_or_side_back():
+    rng = np.random.default_rng(1)
+    from anomalygpt.evaluation.chat_check import question_intent
+
+    for kind in INTENTS:
+        q, truth = make_question(kind, _report(True), rng)
+        assert question_intent(kind, q) == truth

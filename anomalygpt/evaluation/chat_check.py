@@ -55,6 +55,17 @@ def make_question(intent: str, report: InspectionReport, rng: np.random.Generato
     return text, Intent(intent, cell=cell, side=side)
 
 
+def question_intent(kind: str, question: str) -> Intent:
+    """The true Intent of a held-out question of `kind` (its cell or side read back from the text)."""
+    import re
+
+    from data_sim.grid import parse_cells
+
+    cell = parse_cells(question)[0] if kind.startswith("cell_") else None
+    m = re.search(r"\b(left|right|top|bottom)\b", question.lower()) if kind.startswith("side_") else None
+    return Intent(kind, cell=cell, side=m.group(1) if m else None)
+
+
 def check_chat(assistant: Any, report: InspectionReport, intents: Sequence[str], rng: np.random.Generator,
                first_answer: str | None = None) -> dict[str, Any]:
     """One chat about `report`: the main question, then one held-out question per intent.
@@ -76,7 +87,8 @@ def check_chat(assistant: Any, report: InspectionReport, intents: Sequence[str],
         says = implied_anomalous(truth, done.text)
         llm = done.llm_text if done.llm_text is not None else done.text
         turns.append({"kind": kind, "question": question, "answer": done.text, "llm": llm, "recognised": done.intent,
-                      "corrected": done.corrected, "ok": check_answer(report, truth, done.text).ok,
+                      "corrected": done.corrected, "problems": list(done.problems),
+                      "ok": check_answer(report, truth, done.text).ok,
                       "llm_ok": check_answer(report, truth, llm).ok,
                       "contradicts_first": says is not None and first_says is not None and says != first_says})
         history.append((question, done.text))
