@@ -114,6 +114,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                                               for r in rows)),
                           "turns_contradicting_first": int(sum(t["contradicts_first"] for t in turns)),
                           "chats": len(rows)}
+    # the same for the LLM's own answers (before any correction; their history held the shown answers)
+    llm_bad = 0
+    for r in rows:
+        first = implied_anomalous(Intent("main"), r["turns"][0]["llm"] or "")
+        says = [implied_anomalous(question_intent(t["kind"], t["question"]), t["llm"] or "") for t in r["turns"][1:]]
+        llm_bad += any(s is not None and first is not None and s != first for s in says)
+    out["consistency"]["llm_chats_with_contradiction"] = llm_bad
     return out
 
 
@@ -143,7 +150,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"{kind:16s} {v['agree']:6.3f} {v['llm_agree']:6.3f} {v['corrected']:6.3f}  {v['n']}")
     c = summary["consistency"]
     lines.append(f"chats where a follow-up contradicts the first answer: {c['chats_with_contradiction']} of {c['chats']}"
-                 f" ({c['turns_contradicting_first']} turns)")
+                 f" ({c['turns_contradicting_first']} turns); LLM alone: {c['llm_chats_with_contradiction']}")
     return "\n".join(lines)
 
 
