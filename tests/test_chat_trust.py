@@ -69,6 +69,8 @@ CASES = [
     (BAD, Intent("side_ok", side="bottom"), "Yes, the bottom side of the image looks normal.", False),
     (BAD, Intent("side_bad", side="bottom"), "Yes, there is an anomaly on the bottom side, at the bottom right.", True),
     (BAD, Intent("side_bad", side="top"), "Yes, there is an anomaly on the top side.", False),
+    (BAD, Intent("side_bad", side="bottom"), "Yes, the bottom side of the image looks normal.", False),  # self-contradicting
+    (BAD, Intent("cell_ok", cell="top left"), "Yes, there is an anomaly at the top left.", False),
     (GOOD, Intent("side_bad", side="top"), "No, the top side of the image looks normal.", True),
     (BAD, Intent("decision_pass"), "No, there is an anomaly in the image, at the bottom right of the image.", True),
     (BAD, Intent("decision_pass"), "Yes, the part looks normal, so it can go on.", False),
@@ -197,3 +199,19 @@ def test_polarity_is_turned_round_for_the_user():
     assert flip_opening("No, x") == "Yes, x" and flip_opening("Nothing") == "Nothing"
     done = finish(BAD, "Can it go to the customer?", Intent("decision_pass"), "No, there are no anomalies.")
     assert done.corrected and done.text.startswith("No, there is an anomaly")
+
+
+def test_stream_turns_the_opening_round_and_records_the_checked_turn():
+    from anomalygpt.inspector import AnomalyGPT
+
+    bot = object.__new__(AnomalyGPT)  # only the stream wrapper is used: no model needed
+    report = _report(True)
+    intent = Intent("side_bad", side="left")
+    pieces = iter(["Y", "es", ",", " the left side", " of the image looks normal."])
+    shown = "".join(bot._stream_checked(report, "Is the left side damaged?", intent, pieces, 0.0))
+    assert shown == "No, the left side of the image looks normal."
+    assert report.turns[-1]["text"] == shown and not report.turns[-1]["corrected"]
+    wrong = iter(["Yes, the bottom side", " looks normal."])  # the bottom right is affected in the report
+    shown = "".join(bot._stream_checked(report, "Is the bottom damaged?", Intent("side_bad", side="bottom"), wrong, 0.0))
+    assert shown == "No, the bottom side looks normal." and report.turns[-1]["corrected"]
+    assert report.turns[-1]["text"].startswith("Yes, there is an anomaly on the bottom side")

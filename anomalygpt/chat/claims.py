@@ -148,6 +148,8 @@ def check_answer(report: InspectionReport, intent: Intent, answer: str) -> Check
             problems.append("its wording contradicts the verdict")
         if named and not set(named) <= set(t.affected) and name not in ("cell_ok", "side_ok", "cell_bad", "side_bad"):
             problems.append(f"names unaffected cells {sorted(set(named) - set(t.affected))}")
+        if name in ("cell_bad", "cell_ok", "side_bad", "side_ok") and verdict is not None and verdict != bad:
+            problems.append("its wording contradicts the report for that " + ("cell" if name[:4] == "cell" else "side"))
         if name in ("cell_bad", "cell_ok", "side_bad", "side_ok") and bad and named \
                 and not set(named) <= set(t.affected):
             problems.append(f"names unaffected cells {sorted(set(named) - set(t.affected))}")
