@@ -21,9 +21,8 @@ from .models.detector import gaussian_blur
 from .images import ImageLike, batch_tensor, load_image, resize_map
 from .models.memory_bank import MemoryBank
 from .chat.answer import ChatAnswer, finish, plan, record
-from .chat.grounded import flip_opening, flips, prefix
+from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix
 from .chat.intents import recognize
-from .chat.grounded import IGNORE_PREFIX, canonical_question
 from .report import InspectionReport, Region
 
 log = logging.getLogger(__name__)
