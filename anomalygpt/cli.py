@@ -166,11 +166,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
             answer += piece
             print(piece, end="", flush=True)
         print()
+        turn = report.turns[-1] if report.turns else None
+        if turn and turn["question"] == q and turn["corrected"]:
+            answer = turn["text"]
+            print(f"assistant> (checked against the report, corrected:) {answer}")
         history.append((q, answer.strip()))
     return 0
 
 
-DEMO_FOLLOWUPS = ("Where is the anomaly?", "How large is the anomaly?", "Which cells are clean?")  # trained intents
+# one chat: trained questions and wordings the chat was never trained on (both polarities, a decision)
+DEMO_FOLLOWUPS = ("Where is the anomaly?", "How big is the damaged area in total?", "Which cells are clean?",
+                  "Is the top left corner fine?", "Can this cell go to the customer?", "How sure are you?")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,9 +197,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(report.summary())
     history = [(DEFAULT_QUESTION, report.answer)]
     for question in DEMO_FOLLOWUPS:  # a chat: each answer sees the turns before it
-        answer = assistant.ask(report, question, history)
-        history.append((question, answer))
-        print(f"\nQ: {question}\nA: {answer}")
+        answer = assistant.answer(report, question, history)
+        history.append((question, answer.text))
+        note = "\n   (the LLM's answer contradicted the report; replaced by the report's wording)" if answer.corrected else ""
+        print(f"\nQ: {question}\nA: {answer.text}{note}")
     out = Path(args.out)
     write_png(out / "demo_overlay.png", report_overlay(load_image(sample), report))
     print(f"\nheat map written to {out / 'demo_overlay.png'}")

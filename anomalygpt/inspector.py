@@ -7,6 +7,7 @@ measures the regions, and lets the LLM answer grounded on those measured facts.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -19,6 +20,9 @@ from .calibrate import threshold_rule
 from .models.detector import gaussian_blur
 from .images import ImageLike, batch_tensor, load_image, resize_map
 from .models.memory_bank import MemoryBank
+from .chat.answer import ChatAnswer, finish, plan, record
+from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix
+from .chat.intents import recognize
 from .report import InspectionReport, Region
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,9 @@ class AnomalyGPT:
             self.lvlm.merge_lora()  # this object only infers
             self.lvlm.compact_for_decoding(self.cfg.llm.decode_weights)
         self.calibration = components.calibration
+        # every answer is routed by intent and checked against the report (anomalygpt.chat);
+        # False gives the bare LLM on the user's wording (chat_check --no-checker measures it)
+        self.check_answers = True
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True,
@@ -174,30 +181,114 @@ class AnomalyGPT:
                 n_references=refs.n if refs is not None else 0, object_name=object_name, source=name))
             reports[-1]._model_inputs = (det.global_emb[i:i + 1], det.anomaly_map[i:i + 1])  # for follow-ups
         if question and self.lvlm is not None:
-            answers = self.lvlm.generate(torch.cat([r._model_inputs[0] for r in reports]),
-                                         torch.cat([r._model_inputs[1] for r in reports]),
-                                         [question] * len(reports), facts=[r.facts() for r in reports])
-            for r, a in zip(reports, answers):
-                r.answer = a
+            if not self.check_answers:
+                answers = self.lvlm.generate(torch.cat([r._model_inputs[0] for r in reports]),
+                                             torch.cat([r._model_inputs[1] for r in reports]),
+                                             [question] * len(reports), facts=[r.facts() for r in reports])
+                for r, a in zip(reports, answers):
+                    r.answer = a
+                return reports
+            plans = [plan(r, question) for r in reports]
+            asked = [i for i, (_, q) in enumerate(plans) if q is not None]
+            raw: dict[int, str] = {}
+            if asked:
+                answers = self.lvlm.generate(torch.cat([reports[i]._model_inputs[0] for i in asked]),
+                                             torch.cat([reports[i]._model_inputs[1] for i in asked]),
+                                             [plans[i][1] for i in asked], facts=[reports[i].facts() for i in asked])
+                raw = dict(zip(asked, answers))
+            for i, r in enumerate(reports):
+                done = finish(r, question, plans[i][0], raw.get(i))
+                r.answer, r.answer_corrected = done.text, done.corrected
+                record(r, done)
         return reports
 
     # ------------------------------------------------------------------ chat
     @torch.no_grad()
     def ask(self, report: InspectionReport, question: str, history: list[tuple[str, str]] | None = None) -> str:
         """Answer a follow-up about an inspected image, grounded on the report's facts."""
+        return self.answer(report, question, history).text
+
+    @torch.no_grad()
+    def answer(self, report: InspectionReport, question: str,
+               history: list[tuple[str, str]] | None = None) -> ChatAnswer:
+        """`ask` with its record: the LLM's own answer, the intent, and whether the claim checker
+        replaced it (also appended to `report.turns`)."""
         if self.lvlm is None:
             raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
         glob, amap = self._inputs_of(report)
-        return self.lvlm.generate(glob, amap, [question], facts=[report.facts()], histories=[list(history or [])])[0]
+        if not self.check_answers:
+            text = self.lvlm.generate(glob, amap, [question], facts=[report.facts()], histories=[list(history or [])])[0]
+            done = ChatAnswer(question, text, "unchecked", text)
+        else:
+            t0 = time.perf_counter()
+            intent, asked = plan(report, question)
+            spent = time.perf_counter() - t0
+            raw = None
+            if asked is not None:
+                raw = self.lvlm.generate(glob, amap, [asked], facts=[report.facts()],
+                                         histories=[self._llm_history(report, history)])[0]
+            done = finish(report, question, intent, raw, spent_s=spent)
+        record(report, done)
+        return done
 
     def stream_ask(self, report: InspectionReport, question: str, history: list[tuple[str, str]] | None = None,
                    max_new_tokens: int | None = None, min_new_tokens: int = 0) -> Iterator[str]:
-        """Like `ask`, but yields the answer in pieces while it is generated (for chats)."""
+        """Like `ask`, but yields the answer in pieces while it is generated (for chats).
+
+        The LLM's pieces are shown as they come; once the stream ends, the answer is checked
+        against the report and recorded on `report.turns[-1]` (a ChatAnswer dict): when its
+        "corrected" is true, the text the user must see is its "text", not what streamed."""
         if self.lvlm is None:
             raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
         glob, amap = self._inputs_of(report)
-        return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(), history=list(history or []),
-                                         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+        if not self.check_answers:
+            return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(), history=list(history or []),
+                                             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+        t0 = time.perf_counter()
+        intent, asked = plan(report, question)
+        spent = time.perf_counter() - t0
+        if asked is None:
+            return self._stream_fixed(report, question, intent)
+        pieces = self.lvlm.stream_generate(glob, amap, asked, facts=report.facts(),
+                                           history=self._llm_history(report, history),
+                                           max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+        return self._stream_checked(report, question, intent, pieces, spent)
+
+    def _stream_fixed(self, report: InspectionReport, question: str, intent) -> Iterator[str]:
+        done = finish(report, question, intent, None)
+        record(report, done)
+        yield done.text
+
+    def _stream_checked(self, report: InspectionReport, question: str, intent, pieces: Iterator[str],
+                        spent: float) -> Iterator[str]:
+        """The LLM's pieces in the user's polarity (the opening yes/no is held back until it is
+        whole, then turned round if needed); the checked answer is recorded at the end."""
+        raw, head_done = "", not flips(intent)
+        if prefix(intent):
+            yield prefix(intent)
+        for piece in pieces:
+            raw += piece
+            if head_done:
+                yield piece
+            elif len(raw.lstrip()) >= 4 or any(not ch.isalpha() for ch in raw.lstrip()):
+                head_done = True
+                yield flip_opening(raw)
+        if not head_done and raw:
+            yield flip_opening(raw)
+        record(report, finish(report, question, intent, raw.strip(), spent_s=spent))
+
+    def _llm_history(self, report: InspectionReport, history: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+        """Earlier turns as the LLM was trained on them: each question in its trained form and
+        the answer in that form's polarity; off-topic turns are left out."""
+        out = []
+        for q, a in history or []:
+            intent = recognize(q)
+            asked = canonical_question(intent, report)
+            if asked is None:
+                continue
+            a = a[len(IGNORE_PREFIX):] if a.startswith(IGNORE_PREFIX) else a
+            out.append((asked, flip_opening(a) if flips(intent) else a))
+        return out
 
     def _inputs_of(self, report: InspectionReport) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = getattr(report, "_model_inputs", None)

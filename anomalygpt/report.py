@@ -80,6 +80,8 @@ class InspectionReport:
     object_name: str | None = None
     source: str | None = None                     # file name, when known
     answer: str = ""
+    answer_corrected: bool = False                # the claim checker replaced the LLM's first answer
+    turns: list[dict[str, Any]] = field(default_factory=list, repr=False)  # chat turns (anomalygpt.chat.answer)
 
     @property
     def is_anomalous(self) -> bool:
@@ -120,6 +122,8 @@ class InspectionReport:
             "affected_cells": self.affected_cells,
             "clean_cells": self.clean_cells,
             "answer": self.answer,
+            "answer_corrected": self.answer_corrected,
+            "turns": list(self.turns),
         }
 
     def summary(self) -> str:

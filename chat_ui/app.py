@@ -27,8 +27,11 @@ log = logging.getLogger("anomalygpt.ui")
 MAX_MB = MAX_BYTES // 2**20  # the browser refuses bigger files; the server checks again
 AVATARS = {"user": ":material/engineering:", "assistant": ":material/troubleshoot:"}  # icon font ships with Streamlit
 MAX_HISTORY_TURNS = 4  # earlier turns are dropped from the prompt (CPU time grows with it)
-# only intents the shipped chat weights were trained on (python -m anomalygpt.evaluation.chat_check measures them)
-SUGGESTIONS = ("Where is the anomaly?", "How big is it?", "Is the left side OK?", "Which cells are clean?")
+# every intent python -m anomalygpt.evaluation.chat_check passes (answers are checked against the report)
+SUGGESTIONS = ("Where is the anomaly?", "How big is it?", "Is the left side OK?", "Which cells are clean?",
+               "How sure are you?", "What could cause it?", "What should I do with it?", "Can it go to the customer?")
+SUGGESTIONS_PER_ROW = 4
+CORRECTED_NOTE = "Checked against the report: the model's first wording contradicted it and was replaced."
 SOURCE_UPLOAD, SOURCE_SAMPLE = "Upload a photo", "Bundled sample"
 
 CSS = """
@@ -150,7 +153,8 @@ def run_inspection(assistant, lock: threading.Lock, inputs: dict) -> None:
         return
     st.session_state.update(report=report, rgb=rgb, overlay=over, input_label=name, messages=[
         {"role": "user", "content": DEFAULT_QUESTION},
-        {"role": "assistant", "content": report.answer or "(the model gave no answer; see the measured result above)"},
+        {"role": "assistant", "content": report.answer or "(the model gave no answer; see the measured result above)",
+         "corrected": report.answer_corrected},
     ])
 
 
@@ -210,14 +214,17 @@ def show_chat(assistant, lock: threading.Lock) -> None:
     for msg in st.session_state.messages:
         with st.chat_message(msg["role"], avatar=AVATARS[msg["role"]]):
             st.markdown(msg["content"])
+            if msg.get("corrected"):
+                st.caption(CORRECTED_NOTE)
     typed = st.chat_input("Ask a follow-up, e.g. 'is the top right OK?'")
     question = (typed or "").strip() or st.session_state.queued_question
     st.session_state.queued_question = None
     if question:
         answer_question(assistant, lock, question)
-    cols = st.columns(len(SUGGESTIONS))
-    for col, q in zip(cols, SUGGESTIONS):
-        col.button(q, on_click=queue_question, args=(q,), width="stretch", key=f"suggest_{q}")
+    for start in range(0, len(SUGGESTIONS), SUGGESTIONS_PER_ROW):
+        row = SUGGESTIONS[start:start + SUGGESTIONS_PER_ROW]
+        for col, q in zip(st.columns(len(row)), row):
+            col.button(q, on_click=queue_question, args=(q,), width="stretch", key=f"suggest_{q}")
 
 
 def answer_question(assistant, lock: threading.Lock, question: str) -> None:
@@ -225,11 +232,21 @@ def answer_question(assistant, lock: threading.Lock, question: str) -> None:
     st.session_state.messages.append({"role": "user", "content": question})
     with st.chat_message("user", avatar=AVATARS["user"]):
         st.markdown(question)
+    report = st.session_state.report
     with st.chat_message("assistant", avatar=AVATARS["assistant"]):
         try:
+            shown = st.empty()
             with lock:
-                answer = st.write_stream(assistant.stream_ask(st.session_state.report, question, history))
+                n_turns = len(report.turns)
+                with shown.container():
+                    answer = st.write_stream(assistant.stream_ask(report, question, history))
             answer = (answer if isinstance(answer, str) else "".join(map(str, answer))).strip()
+            # the stream is checked once it has ended: a contradicting answer is replaced in place
+            turn = report.turns[-1] if len(report.turns) > n_turns else None
+            if turn is not None and turn["corrected"]:
+                answer = turn["text"]
+                shown.markdown(answer)
+                st.caption(CORRECTED_NOTE)
             if not answer:
                 answer = "(the model gave no answer; try rephrasing)"
                 st.markdown(answer)
@@ -238,7 +255,8 @@ def answer_question(assistant, lock: threading.Lock, question: str) -> None:
             st.session_state.messages.pop()
             st.error(f"The assistant could not answer: {err}. Ask again or start over.")
             return
-    st.session_state.messages.append({"role": "assistant", "content": answer})
+    st.session_state.messages.append({"role": "assistant", "content": answer,
+                                      "corrected": bool(turn is not None and turn["corrected"])})
 
 
 # ---------------------------------------------------------------- page

@@ -123,12 +123,16 @@ def _cell(ri: int, ci: int) -> str:
 
 def _q_count(regions: Sequence[Region], rng: np.random.Generator) -> QA:
     q = _pick(rng, ("How many anomalies are there?", "How many defects can you see?", "How many anomalous regions does the image have?"))
-    n = len(regions)
+    return q, count_answer(len(regions))
+
+
+def count_answer(n: int) -> str:
+    """The trained answer to 'how many anomalies?'."""
     if n == 0:
-        return q, "There are no anomalies in the image."
+        return "There are no anomalies in the image."
     if n == 1:
-        return q, "There is one anomaly in the image."
-    return q, f"There are {_count_words(n)} anomalies in the image."
+        return "There is one anomaly in the image."
+    return f"There are {_count_words(n)} anomalies in the image."
 
 
 def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Optional[float]) -> QA:
@@ -139,15 +143,22 @@ def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Opt
         if plural
         else ("How large is the anomaly?", "How big is the defect?", "How much of the image is anomalous?"),
     )
+    return q, size_answer(regions, part_share)
+
+
+def size_answer(regions: Sequence[Region], part_share: Optional[float] = None) -> str:
+    """The trained answer to 'how large?': size word and share of the total, then the largest
+    region when there are several (regions largest first, as dicts with 'cell' and 'area_share')."""
+    plural = len(regions) > 1
     if not regions:
-        return q, "There is no anomaly, so no part of the image is affected."
+        return "There is no anomaly, so no part of the image is affected."
     scale, whole = (part_share, "the part") if part_share else (1.0, "the image")
     total = sum(r["area_share"] for r in regions) / scale
     if not plural:
-        return q, f"The anomaly is {size_word(total)}: it covers about {percent(total)} of {whole}."
+        return f"The anomaly is {size_word(total)}: it covers about {percent(total)} of {whole}."
     big = regions[0]
     big_share = big["area_share"] / scale
-    return q, (
+    return (
         f"Together the anomalies cover about {percent(total)} of {whole}; the largest, at the "
         f"{big['cell']}, is {size_word(big_share)} ({percent(big_share)})."
     )
@@ -157,22 +168,39 @@ def _q_where(regions: Sequence[Region], rng: np.random.Generator) -> QA:
     plural = len(regions) > 1
     q = _pick(rng, ("Where are the anomalies?", "Where are the defects?", "In which grid cells are the defects?")
               if plural else ("Where is the anomaly?", "Where is the defect?", "In which grid cell is the defect?"))
+    return q, where_answer(regions)
+
+
+def where_answer(regions: Sequence[Region]) -> str:
+    """The trained answer to 'where is the anomaly?'."""
     if not regions:
-        return q, "There is no anomaly in the image."
+        return "There is no anomaly in the image."
     where = location_phrase([r["cell"] for r in regions])
-    return q, f"The anomalies are {where}." if plural else f"The anomaly is {where}."
+    return f"The anomalies are {where}." if len(regions) > 1 else f"The anomaly is {where}."
 
 
 def _q_clean(hit: Sequence[str], rng: np.random.Generator) -> QA:
     q = _pick(rng, ("Which areas of the image are free of anomalies?", "Where does the image look normal?",
                     "Which parts of the image are fine?", "Which cells are clean?", "Which grid cells look normal?"))
+    return q, clean_answer(hit)
+
+
+def clean_answer(hit: Sequence[str]) -> str:
+    """The trained answer to 'which cells are clean?' given the affected cells."""
     clean = [c for c in ALL_CELLS if c not in hit]
     if not hit:
-        return q, "The whole image looks normal."
+        return "The whole image looks normal."
     if not clean:
-        return q, "No area of the image is entirely free of anomalies."
+        return "No area of the image is entirely free of anomalies."
     verb = "looks" if len(clean) == 1 else "look"
-    return q, f"{join_words([f'the {c}' for c in clean]).capitalize()} of the image {verb} normal."
+    return f"{join_words([f'the {c}' for c in clean]).capitalize()} of the image {verb} normal."
+
+
+def cell_answer(cell: str, bad: bool, ok_polarity: bool) -> str:
+    """The trained answer to 'is the X cell OK?' (ok_polarity) or 'is the X cell affected?'."""
+    if ok_polarity:
+        return f"No, there is an anomaly at the {cell} of the image." if bad else f"Yes, the {cell} of the image looks normal."
+    return f"Yes, there is an anomaly at the {cell} of the image." if bad else f"No, the {cell} of the image looks normal."
 
 
 def _q_cell(hit: Sequence[str], rng: np.random.Generator) -> QA:
@@ -184,25 +212,36 @@ def _q_cell(hit: Sequence[str], rng: np.random.Generator) -> QA:
     if rng.random() < 0.5:
         q = _pick(rng, (f"Is the {cell} of the image OK?", f"Does the {cell} of the image look normal?",
                         f"Is the {cell} cell OK?", f"Is the {cell} cell clean?"))
-        a = f"No, there is an anomaly at the {cell} of the image." if bad else f"Yes, the {cell} of the image looks normal."
+        a = cell_answer(cell, bad, ok_polarity=True)
     else:
         q = _pick(rng, (f"Is there an anomaly at the {cell} of the image?", f"Is anything wrong at the {cell} of the image?",
                         f"Is the {cell} cell affected?", f"Is there a defect in the {cell} cell?"))
-        a = f"Yes, there is an anomaly at the {cell} of the image." if bad else f"No, the {cell} of the image looks normal."
+        a = cell_answer(cell, bad, ok_polarity=False)
     return q, a
 
 
 def _q_side(hit: Sequence[str], rng: np.random.Generator) -> QA:
-    side = _pick(rng, ("left", "right", "top", "bottom"))
-    idx = ({"left": 0, "right": 2}.get(side), {"top": 0, "bottom": 2}.get(side))
-    cells = [
-        _cell(r, c) for r in range(3) for c in range(3) if (idx[0] is None or c == idx[0]) and (idx[1] is None or r == idx[1])
-    ]
-    bad = [c for c in cells if c in hit]
+    side = _pick(rng, SIDES)
     q = _pick(rng, (f"Is the {side} side OK?", f"Does the {side} side of the image look normal?"))
+    return q, side_answer(side, hit)
+
+
+SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
+
+
+def side_cells(side: str) -> list[str]:
+    """The three cells along one side of the grid."""
+    idx = ({"left": 0, "right": 2}.get(side), {"top": 0, "bottom": 2}.get(side))
+    return [_cell(r, c) for r in range(3) for c in range(3)
+            if (idx[0] is None or c == idx[0]) and (idx[1] is None or r == idx[1])]
+
+
+def side_answer(side: str, hit: Sequence[str]) -> str:
+    """The trained answer to 'is the X side OK?' (a "yes" means it looks normal)."""
+    bad = [c for c in side_cells(side) if c in hit]
     if bad:
-        return q, f"No, there is an anomaly on the {side} side, {location_phrase(bad)}."
-    return q, f"Yes, the {side} side of the image looks normal."
+        return f"No, there is an anomaly on the {side} side, {location_phrase(bad)}."
+    return f"Yes, the {side} side of the image looks normal."
 
 
 def _q_box(regions: Sequence[Region], shape: tuple[int, int], rng: np.random.Generator) -> QA:
@@ -225,30 +264,45 @@ def _q_confidence(score: float, threshold: float, rng: np.random.Generator) -> Q
     """Copies the score and threshold from the facts and reads their margin word."""
     q = _pick(rng, ("How confident are you?", "How sure are you?", "How certain is this verdict?",
                     "Are you sure?", "How reliable is this result?"))
+    return q, confidence_answer(score, threshold)
+
+
+def confidence_answer(score: float, threshold: float) -> str:
+    """The trained answer to 'how sure are you?': score, threshold and the margin word's hedge."""
     side = "above" if score >= threshold else "below"
     nums = f"the anomaly score {score:.2f} is {{}} {side} the threshold {threshold:.2f}"
     if margin_word(score, threshold) == "narrow":
-        return q, f"Not very sure: {nums.format('just')}, so a second look is worth it."
-    return q, f"Fairly sure: {nums.format('well')}."
+        return f"Not very sure: {nums.format('just')}, so a second look is worth it."
+    return f"Fairly sure: {nums.format('well')}."
 
 
 def _q_cause(regions: Sequence[Region], rng: np.random.Generator) -> QA:
     """The model measures deviation, not its physical cause: it says so and stays grounded."""
     q = _pick(rng, ("What could cause this?", "What caused the anomaly?", "What kind of defect is this?",
                     "What is the defect?", "Why is it anomalous?"))
+    return q, cause_answer(regions)
+
+
+def cause_answer(regions: Sequence[Region]) -> str:
+    """The trained answer to 'what could cause this?': no invented cause, only where."""
     if not regions:
-        return q, "There is no anomaly in the image, so there is nothing to explain."
+        return "There is no anomaly in the image, so there is nothing to explain."
     where = location_phrase([r["cell"] for r in regions])
-    return q, (f"I cannot tell the cause from the image alone: I measure where it differs from normal parts, "
+    return (f"I cannot tell the cause from the image alone: I measure where it differs from normal parts, "
                f"and it does so {where}. Compare that spot with your known defect types.")
 
 
 def _q_action(regions: Sequence[Region], rng: np.random.Generator) -> QA:
     q = _pick(rng, ("What should I do?", "What should I do with this part?", "What do you recommend?",
                     "What should I do next?"))
+    return q, action_answer(regions)
+
+
+def action_answer(regions: Sequence[Region]) -> str:
+    """The trained answer to 'what should I do with this part?'."""
     if not regions:
-        return q, "Nothing: the part looks normal, so it can go on."
-    return q, f"Set the part aside for a closer look {location_phrase([r['cell'] for r in regions])}."
+        return "Nothing: the part looks normal, so it can go on."
+    return f"Set the part aside for a closer look {location_phrase([r['cell'] for r in regions])}."
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
@@ -322,4 +376,15 @@ __all__ = [
     "percent",
     "to_regions",
     "join_words",
+    "count_answer",
+    "size_answer",
+    "where_answer",
+    "clean_answer",
+    "cell_answer",
+    "side_cells",
+    "side_answer",
+    "confidence_answer",
+    "cause_answer",
+    "action_answer",
+    "SIDES",
 ]

@@ -62,3 +62,9 @@ def test_run_measured_reports_exit_code_rss_and_json() -> None:
     assert ok["returncode"] == 0 and ok["json"] == {"n": 50 * 2**20} and ok["peak_rss_mb"] > 50
     bad = bench.run_measured([sys.executable, "-c", "import sys; sys.exit('boom')"])
     assert bad["returncode"] == 1 and bad["json"] is None and "boom" in bad["stderr_tail"]
+
+
+def test_chat_check_timing_on_tiny(tiny_assistant) -> None:
+    c = bench.measure_chat_check(tiny_assistant, repeats=1)
+    assert c["answers_timed"] == 2 * 17 and 0 < c["per_answer_ms_median"] <= c["per_answer_ms_max"]
+    assert bench._share(2.0, 1.0) == 0.002 and bench._share(None, 1.0) is None

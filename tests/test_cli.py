@@ -63,22 +63,34 @@ def test_simulate_writes_images_masks_qa_and_preview(tmp_path, capsys):
 
 
 def test_demo_inspects_the_bundled_cell_and_chats(tmp_path, embedded_assistant, monkeypatch, capsys):
-    """`anomalygpt demo` (what `make demo` runs) with the shipped checkpoint: a verdict, a first
-    answer that agrees with it, each follow-up asked with the turns before it, an overlay."""
+    """`anomalygpt demo` (what `make demo` runs) with the shipped checkpoint: a verdict, and every
+    line of the chat agrees with the report by the claim checker, judged against the intent each
+    question truly has (written here, not recognised); some questions are not training wordings."""
+    from anomalygpt.chat.claims import check_answer
+    from anomalygpt.chat.intents import Intent
     from anomalygpt.cli import DEMO_FOLLOWUPS
     from anomalygpt.inspector import AnomalyGPT
-    from anomalygpt.evaluation.metrics import opening_yes_no
+    from anomalygpt.evaluation.heldout_phrasings import training_wordings
 
+    truth = {"Where is the anomaly?": Intent("where"), "How big is the damaged area in total?": Intent("size"),
+             "Which cells are clean?": Intent("clean"), "Is the top left corner fine?": Intent("cell_ok", cell="top left"),
+             "Can this cell go to the customer?": Intent("decision_pass"), "How sure are you?": Intent("confidence")}
+    assert set(truth) == set(DEMO_FOLLOWUPS)
+    assert any(q.lower() not in training_wordings() for q in DEMO_FOLLOWUPS)
     monkeypatch.setattr(AnomalyGPT, "from_pretrained", classmethod(lambda cls, *a, **kw: embedded_assistant))
-    asked = []
-    real_ask = AnomalyGPT.ask
-    monkeypatch.setattr(AnomalyGPT, "ask", lambda self, report, q, history=None: asked.append(list(history or []))
-                        or real_ask(self, report, q, history))
+    reports, asked = [], []
+    real_inspect, real_answer = AnomalyGPT.inspect, AnomalyGPT.answer
+    monkeypatch.setattr(AnomalyGPT, "inspect", lambda self, *a, **kw: reports.append(real_inspect(self, *a, **kw))
+                        or reports[-1])
+    monkeypatch.setattr(AnomalyGPT, "answer", lambda self, report, q, history=None: asked.append(list(history or []))
+                        or real_answer(self, report, q, history))
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    head = next(line for line in out.splitlines() if line.startswith("elpv_defect.png: "))
+    report = reports[0]
     answer = next(line for line in out.splitlines() if line.strip().startswith("answer: ")).split("answer: ", 1)[1]
-    assert opening_yes_no(answer) == int("ANOMALOUS" in head)
+    assert check_answer(report, Intent("main"), answer).ok, answer
     assert [len(h) for h in asked] == [1 + i for i in range(len(DEMO_FOLLOWUPS))]
-    assert all(f"Q: {q}" in out for q in DEMO_FOLLOWUPS)
+    for q in DEMO_FOLLOWUPS:
+        shown = out.split(f"Q: {q}\nA: ", 1)[1].split("\n", 1)[0]
+        assert check_answer(report, truth[q], shown).ok, (q, shown)
     assert (tmp_path / "demo_overlay.png").is_file()

@@ -85,6 +85,22 @@ def wait_idle(page, timeout_ms: int) -> None:
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=timeout_ms)
 
 
+def wait_answer_done(page, message, timeout_ms: int, still_ms: int = 1500) -> str:
+    """Until the streamed answer in `message` is over: the script run has ended and the text is
+    non-empty and has not changed for `still_ms` (the check may replace it after the stream)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        wait_idle(page, timeout_ms)
+        text = message.inner_text().strip()
+        if text != last:
+            last, since = text, time.monotonic()
+        elif text and time.monotonic() - since >= still_ms / 1000:
+            return text
+        page.wait_for_timeout(250)
+    pytest.fail(f"the answer did not settle within {timeout_ms} ms: {last!r}")
+
+
 def test_browser_upload_inspect_ask(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -141,9 +157,12 @@ def test_browser_upload_inspect_ask(server, tmp_path):
             messages = page.get_by_test_id("stChatMessage")
             expect(messages).to_have_count(4, timeout=ms)
             expect(messages.nth(2)).to_contain_text("Where is the anomaly?")
-            wait_idle(page, ms)
-            answer = messages.nth(3).inner_text().strip()
+            answer = wait_answer_done(page, messages.nth(3), ms)
             assert answer, "the assistant's answer is empty"
+            if checkpoint == "embedded":  # the bundled defective cell: the answer names where
+                from data_sim.grid import parse_cells
+
+                assert parse_cells(answer), answer
             expect(page.get_by_test_id("stException")).to_have_count(0)
             expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
 

@@ -36,6 +36,7 @@ TARGETS: dict[str, tuple[float, str, str]] = {
     "inspect_answer_48_tokens_s": (1.5, "lower", "s"),
     "assistant_warm_load_s": (5.0, "lower", "s"),
     "inspect_peak_rss_gb": (2.5, "lower", "GB"),
+    "chat_check_share_of_answer": (0.10, "lower", "x"),
 }
 
 
@@ -108,6 +109,36 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
 
 
 # ---------------------------------------------------------------------------- subprocess measurements
+def measure_chat_check(assistant: Any, repeats: int = 5) -> dict[str, Any]:
+    """Time the chat's own work around the LLM per answer: recognising the question's intent,
+    checking every claim of the answer and, when it contradicts the report, building the
+    grounded one. One held-out wording per intent, each with a right and a wrong LLM answer
+    (so the replacement path is timed too), on the bundled defective cell's report."""
+    from ..chat.answer import finish, plan
+    from ..chat.grounded import grounded_answer
+    from ..chat.intents import _classifier
+    from .heldout_phrasings import HELDOUT
+
+    report = assistant.inspect(sample_image(), question=None)
+    t0 = time.perf_counter()
+    _classifier()  # fitted once per process (cached), timed apart
+    fit_s = time.perf_counter() - t0
+    cases = []
+    for phrasings in HELDOUT.values():
+        q = phrasings[0].replace("{cell}", "top left").replace("{side}", "left")
+        intent, _ = plan(report, q)
+        cases += [(q, grounded_answer(intent, report)), (q, "No, there are no anomalies in the image.")]
+    times = []
+    for _ in range(max(1, repeats)):
+        for q, llm in cases:
+            t = time.perf_counter()
+            intent, asked = plan(report, q)
+            finish(report, q, intent, llm if asked is not None else None)
+            times.append(time.perf_counter() - t)
+    return {"per_answer_ms_median": 1000 * statistics.median(times), "per_answer_ms_max": 1000 * max(times),
+            "answers_timed": len(times), "classifier_fit_s": fit_s}
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900.0) -> dict[str, Any]:
     """Run a command; wall time, exit code, peak RSS of exactly that child (os.wait4's rusage,
     so earlier children of this process cannot leak into the number) and the last JSON
@@ -297,6 +328,7 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     m["detector_batch16_refs4"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4), 4))
     m["inspect_answer"] = _guard(lambda: measure_inspect_answer(assistant, repeats=reps))
     n_max = assistant.cfg.llm.max_new_tokens
+    m["chat_check"] = _guard(lambda: measure_chat_check(assistant, repeats=1 if quick else 5))
     m["inspect_answer_48"] = _guard(lambda: measure_inspect_answer(assistant, repeats=max(3, reps // 2),
                                                                    min_new_tokens=n_max))
     del assistant  # the subprocess measurements should not compete with its memory
@@ -324,6 +356,10 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
                why("inspect_answer") or f"{ia.get('answer_tokens')} answer tokens (max {ia.get('max_new_tokens')})"),
         _entry("inspect_answer_48_tokens_s", val("inspect_answer_48", "full_answer_s_median"), "s",
                why("inspect_answer_48") or f"answer forced to {m['inspect_answer_48'].get('answer_tokens')} tokens"),
+        _entry("chat_check_share_of_answer", _share(m["chat_check"].get("per_answer_ms_median"),
+                                                    val("inspect_answer", "full_answer_s_median")), "x",
+               why("chat_check") or f"{m['chat_check'].get('per_answer_ms_median', 0):.2f} ms per answer "
+                                    "(intent + claim check + replacement) / inspect_answer_full_s"),
         _entry("llm_load_cold_s", val("llm_load_cold", "load_s"), "s", why("llm_load_cold") or "de-quantize GGUF + cache"),
         _entry("llm_load_warm_s", val("llm_load_warm", "load_s"), "s", why("llm_load_warm")),
         _entry("assistant_warm_load_s", val("assistant_load_warm", "load_s"), "s",
@@ -342,6 +378,10 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "torch": torch.__version__,
             "summary": summary, "measurements": m, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+
+
+def _share(ms: float | None, answer_s: float | None) -> float | None:
+    return None if ms is None or not answer_s else ms / 1000 / answer_s
 
 
 def format_table(results: dict[str, Any]) -> str:

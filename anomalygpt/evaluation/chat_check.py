@@ -1,23 +1,25 @@
-"""Do the chat's follow-up answers agree with the report they are grounded on?
+"""Do the chat's answers agree with the report they are grounded on, for phrasings no part
+of the system was trained on?
 
-    python -m anomalygpt.evaluation.chat_check --dataset elpv --per-label 10 --out out/chat.json
+    python -m anomalygpt.evaluation.chat_check --dataset elpv --per-label 10 --shots 4 --out out/chat.json
 
-The LLM can only be as right as the measured facts it is given, so the truth for each
-follow-up is the report itself (verdict, region cells, affected and clean cells, size),
-not the dataset label: this isolates the language model from the detector. Each image gets
-one chat in which the history grows as in the chat UI: the main question, then where,
-how many, which cells are clean, how large, "is the X cell affected?" for one affected
-and one clean cell, how sure it is (score, threshold and margin word copied from the
-facts), what could cause it (no invented cause: only the cells) and what to do with the
-part. The phrasings are the ones a user of the 3x3 grid types, several of which the
-training Q&A did not contain before this check was written. `--object` writes a part
-name into the facts, as the demo and the web chat do.
+The truth for each answer is the report itself (verdict, region cells, affected and clean
+cells, count, size, score and threshold), not the dataset label: this isolates the chat
+from the detector. Each image gets one chat whose history grows as in the chat UI: the
+main question, then `--questions` intents drawn from the held-out phrasings
+(heldout_phrasings.py; every intent is asked equally often over the run), each with a
+random held-out wording, cell and side. Answers are judged by the same claim checker the
+assistant corrects with (anomalygpt.chat.claims), but against the intent the question
+truly has, not the one the assistant recognised. Per turn the run keeps the LLM's own
+answer too, so it reports the agreement of what users see, of the LLM alone (before the
+checker's correction) and how often the checker corrected. `--no-checker` runs the bare
+LLM on the user's wording (the assistant before this check existed). Consistency: a chat
+is inconsistent when a follow-up implies the opposite verdict to the first answer.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,130 +27,174 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_sim.qa import margin_word, size_word
+from data_sim.grid import ALL_CELLS
+from data_sim.qa import SIDES
 
-from data_sim.grid import ALL_CELLS, parse_cells
+from ..chat.claims import check_answer, implied_anomalous
+from ..chat.intents import Intent
 from ..inspector import DEFAULT_QUESTION
-from .metrics import opening_yes_no
 from ..report import InspectionReport
+from .heldout_phrasings import HELDOUT, INTENTS
 
-KINDS = ("main", "where", "count", "clean", "size", "cell_bad", "cell_ok", "confidence", "cause", "action")
-_NUMBERS = {"no": 0, "zero": 0, "one": 1, "an": 1, "a": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
-# kinds judged on naming exactly the report's cells, or, for a normal part, no cell and one of these words
-_NONE_WORDS = {"where": r"\bno\b", "cause": r"\b(no|nothing|normal)\b", "action": r"\b(no|nothing|normal)\b"}
+MAX_HISTORY_TURNS = 4  # as the web chat: earlier turns leave the prompt
 
 
-def said_count(text: str) -> int | None:
-    """The number in 'there is one ...' / 'there are two ...' (None when there is none)."""
-    m = re.search(r"\bthere (?:is|are) (no|zero|one|an|a|two|three|four|five|six|\d+)\b", text.lower())
-    if not m:
-        return None
-    return int(m.group(1)) if m.group(1).isdigit() else _NUMBERS[m.group(1)]
+def make_question(intent: str, report: InspectionReport, rng: np.random.Generator) -> tuple[str, Intent]:
+    """A held-out wording of `intent`, with its cell (an affected or a clean one, at random)
+    or side filled in; returns the question and its true Intent."""
+    text = HELDOUT[intent][int(rng.integers(len(HELDOUT[intent])))]
+    cell = side = None
+    if "{cell}" in text:
+        hit, clean = report.affected_cells, report.clean_cells
+        pool = hit if hit and (not clean or rng.random() < 0.5) else clean
+        cell = pool[int(rng.integers(len(pool)))] if pool else ALL_CELLS[0]
+        text = text.replace("{cell}", cell)
+    if "{side}" in text:
+        side = SIDES[int(rng.integers(len(SIDES)))]
+        text = text.replace("{side}", side)
+    return text, Intent(intent, cell=cell, side=side)
 
 
-def questions_for(report: InspectionReport, rng: np.random.Generator) -> list[tuple[str, str, Any]]:
-    """(kind, question, expected) for one report; `expected` is what a right answer holds."""
-    anomalous = report.is_anomalous
-    hit, clean = report.affected_cells, report.clean_cells
-    cells = sorted({r.cell for r in report.regions}) if anomalous else []
-    total = sum(r.area_share for r in report.regions) if anomalous else 0.0
-    out: list[tuple[str, str, Any]] = [
-        ("where", "Where is the anomaly?", cells),
-        ("count", "How many defects are there?", len(report.regions) if anomalous else 0),
-        ("clean", "Which cells are clean?", clean),
-        ("size", "How large is the anomaly?", size_word(total) if cells else None),
-    ]
-    if hit:
-        out.append(("cell_bad", f"Is the {hit[int(rng.integers(len(hit)))]} cell affected?", 1))
-    if clean:
-        out.append(("cell_ok", f"Is the {clean[int(rng.integers(len(clean)))]} cell affected?", 0))
-    margin = margin_word(report.score, report.threshold)
-    out += [("confidence", "How confident are you?", (f"{report.score:.2f}", f"{report.threshold:.2f}",
-                                                     "above" if anomalous else "below", margin)),
-            ("cause", "What could cause this?", cells),
-            ("action", "What should I do with this part?", cells)]
+def question_intent(kind: str, question: str) -> Intent:
+    """The true Intent of a held-out question of `kind` (its cell or side read back from the text)."""
+    import re
+
+    from data_sim.grid import parse_cells
+
+    cell = parse_cells(question)[0] if kind.startswith("cell_") else None
+    m = re.search(r"\b(left|right|top|bottom)\b", question.lower()) if kind.startswith("side_") else None
+    return Intent(kind, cell=cell, side=m.group(1) if m else None)
+
+
+def check_chat(assistant: Any, report: InspectionReport, intents: Sequence[str], rng: np.random.Generator,
+               first_answer: str | None = None) -> dict[str, Any]:
+    """One chat about `report`: the main question, then one held-out question per intent.
+
+    Returns per turn: kind, question, the answer shown, the LLM's own answer, whether the
+    checker corrected it, whether the shown / LLM answers agree with the report, and whether
+    the turn contradicts the chat's first answer."""
+    main = Intent("main")
+    first = first_answer if first_answer is not None else assistant.ask(report, DEFAULT_QUESTION, [])
+    first_llm = (report.turns[0].get("llm_text") or first) if report.turns and first_answer is not None else first
+    turns = [{"kind": "main", "question": DEFAULT_QUESTION, "answer": first, "llm": first_llm,
+              "corrected": bool(report.answer_corrected), "ok": check_answer(report, main, first).ok,
+              "llm_ok": check_answer(report, main, first_llm or "").ok, "contradicts_first": False}]
+    first_says = implied_anomalous(main, first)
+    history: list[tuple[str, str]] = [(DEFAULT_QUESTION, first)]
+    for kind in intents:
+        question, truth = make_question(kind, report, rng)
+        done = assistant.answer(report, question, history[-MAX_HISTORY_TURNS:])
+        says = implied_anomalous(truth, done.text)
+        llm = done.llm_text if done.llm_text is not None else done.text
+        turns.append({"kind": kind, "question": question, "answer": done.text, "llm": llm, "recognised": done.intent,
+                      "corrected": done.corrected, "problems": list(done.problems),
+                      "ok": check_answer(report, truth, done.text).ok,
+                      "llm_ok": check_answer(report, truth, llm).ok,
+                      "contradicts_first": says is not None and first_says is not None and says != first_says})
+        history.append((question, done.text))
+    return {"turns": turns, "anomalous": bool(report.is_anomalous)}
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind and overall: agreement of the shown answers, of the LLM alone, correction rate;
+    plus the share of chats in which a follow-up contradicts the first answer."""
+    turns = [t for r in rows for t in r["turns"]]
+    out: dict[str, Any] = {}
+    for kind in ("main", *INTENTS):
+        ts = [t for t in turns if t["kind"] == kind]
+        if ts:
+            out[kind] = {"agree": float(np.mean([t["ok"] for t in ts])),
+                         "llm_agree": float(np.mean([t["llm_ok"] for t in ts])),
+                         "corrected": float(np.mean([t["corrected"] for t in ts])), "n": len(ts)}
+    out["all"] = {"agree": float(np.mean([t["ok"] for t in turns])) if turns else float("nan"),
+                  "llm_agree": float(np.mean([t["llm_ok"] for t in turns])) if turns else float("nan"),
+                  "corrected": float(np.mean([t["corrected"] for t in turns])) if turns else float("nan"),
+                  "n": len(turns)}
+    out["consistency"] = {"chats_with_contradiction": int(sum(any(t["contradicts_first"] for t in r["turns"])
+                                                              for r in rows)),
+                          "turns_contradicting_first": int(sum(t["contradicts_first"] for t in turns)),
+                          "chats": len(rows)}
+    # the same for the LLM's own answers (before any correction; their history held the shown answers)
+    llm_bad = 0
+    for r in rows:
+        first = implied_anomalous(Intent("main"), r["turns"][0]["llm"] or "")
+        says = [implied_anomalous(question_intent(t["kind"], t["question"]), t["llm"] or "") for t in r["turns"][1:]]
+        llm_bad += any(s is not None and first is not None and s != first for s in says)
+    out["consistency"]["llm_chats_with_contradiction"] = llm_bad
     return out
 
 
-def judge(kind: str, answer: str, expected: Any) -> bool:
-    """Whether `answer` agrees with `expected` (see questions_for)."""
-    low = answer.lower()
-    named = sorted(set(parse_cells(answer)))
-    if kind in _NONE_WORDS:
-        return named == expected if expected else (not named and re.search(_NONE_WORDS[kind], low) is not None)
-    if kind == "count":
-        return said_count(answer) == expected
-    if kind == "clean":
-        if expected == list(ALL_CELLS):
-            return "whole" in low or named == sorted(ALL_CELLS)
-        return named == sorted(expected)
-    if kind == "size":
-        words = [w for w in ("small", "medium", "large") if w in low]
-        return words[:1] == [expected] if expected else (not words and re.search(r"\bno\b", low) is not None)
-    if kind == "confidence":
-        score, threshold, side, margin = expected
-        hedged = re.search(r"\b(not very|just|close)\b", low) is not None
-        return score in answer and threshold in answer and side in low and hedged == (margin == "narrow")
-    return opening_yes_no(answer) == expected  # main, cell_bad, cell_ok
-
-
-def check_chat(assistant: Any, report: InspectionReport, rng: np.random.Generator) -> dict[str, Any]:
-    """One chat about `report`; returns {kind: agrees} and the transcript."""
-    anomalous = int(report.is_anomalous)
-    history: list[tuple[str, str]] = []
-    ok: dict[str, bool] = {}
-    for kind, question, expected in [("main", DEFAULT_QUESTION, anomalous), *questions_for(report, rng)]:
-        answer = assistant.ask(report, question, history)
-        history.append((question, answer))
-        ok[kind] = judge(kind, answer, expected)
-    return {"ok": ok, "chat": history, "anomalous": bool(anomalous)}
-
-
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
-    """Share of agreeing answers per kind, and over all answers."""
-    out: dict[str, dict[str, float | int]] = {}
-    for kind in KINDS:
-        vals = [r["ok"][kind] for r in rows if kind in r["ok"]]
-        if vals:
-            out[kind] = {"agree": float(np.mean(vals)), "n": len(vals)}
-    every = [v for r in rows for v in r["ok"].values()]
-    out["all"] = {"agree": float(np.mean(every)) if every else float("nan"), "n": len(every)}
+def intent_schedule(n_chats: int, per_chat: int, rng: np.random.Generator) -> list[list[str]]:
+    """`per_chat` distinct intents per chat, each intent asked (nearly) equally often."""
+    pool: list[str] = []
+    out = []
+    for _ in range(n_chats):
+        chat: list[str] = []
+        while len(chat) < min(per_chat, len(INTENTS)):
+            if not pool:
+                pool = list(rng.permutation(INTENTS))
+            pick = next((k for k in pool if k not in chat), None)
+            if pick is None:
+                pool = list(rng.permutation(INTENTS))
+                continue
+            pool.remove(pick)
+            chat.append(str(pick))
+        out.append(chat)
     return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{'intent':16s} {'agree':>6s} {'LLM':>6s} {'fixed':>6s}   n"]
+    for kind, v in summary.items():
+        if kind != "consistency":
+            lines.append(f"{kind:16s} {v['agree']:6.3f} {v['llm_agree']:6.3f} {v['corrected']:6.3f}  {v['n']}")
+    c = summary["consistency"]
+    lines.append(f"chats where a follow-up contradicts the first answer: {c['chats_with_contradiction']} of {c['chats']}"
+                 f" ({c['turns_contradicting_first']} turns); LLM alone: {c['llm_chats_with_contradiction']}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .harness import dataset_groups
     from ..inspector import AnomalyGPT
+    from .harness import dataset_groups, pick_references
 
     p = argparse.ArgumentParser(prog="python -m anomalygpt.evaluation.chat_check", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="elpv", help="as for anomalygpt eval (elpv, mvtec:PATH, folder:PATH ...)")
     p.add_argument("--checkpoint", default="embedded")
     p.add_argument("--per-label", type=int, default=10, help="normal and anomalous test images per group")
+    p.add_argument("--shots", type=int, default=4, help="normal references per group (train normals, seeded draw)")
+    p.add_argument("--questions", type=int, default=8, help="held-out follow-ups per chat (intents rotate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--object", default=None, help="object name written into the facts (as `inspect --object`)")
+    p.add_argument("--no-checker", action="store_true", help="the bare LLM on the user's wording, nothing checked")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the summary and every chat")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+    assistant.check_answers = not args.no_checker
     picked = []
     for group in dataset_groups(args.dataset):
+        refs = assistant.build_references([s.image_path for s in pick_references(group.train_normals, args.shots,
+                                                                                 args.seed)]) if args.shots else None
         for label in (1, 0):
             pool = [s for s in group.test if s.label == label]
             k = min(args.per_label, len(pool))
-            picked += [(group.name, pool[int(i)]) for i in rng.choice(len(pool), k, replace=False)]
-    assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+            picked += [(group.name, refs, pool[int(i)]) for i in rng.choice(len(pool), k, replace=False)]
+    schedule = intent_schedule(len(picked), args.questions, rng)
     rows = []
-    for group, sample in tqdm(picked, desc="chats", unit="image"):
-        report = assistant.inspect(sample.image_path, object_name=args.object, question=None)
+    for (group, refs, sample), intents in tqdm(list(zip(picked, schedule)), desc="chats", unit="image"):
+        report = assistant.inspect(sample.image_path, refs, object_name=args.object)
         rows.append({"group": group, "image": str(sample.image_path), "label": sample.label,
-                     **check_chat(assistant, report, rng)})
-    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "per_label": args.per_label, "object": args.object,
-              "seed": args.seed, "summary": summarize(rows), "rows": rows}
+                     **check_chat(assistant, report, intents, rng, first_answer=report.answer)})
+    summary = summarize(rows)
+    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "per_label": args.per_label, "shots": args.shots,
+              "object": args.object, "checker": not args.no_checker, "seed": args.seed, "summary": summary,
+              "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(args.out)
-    for kind, v in result["summary"].items():
-        print(f"{kind:9s} {v['agree']:.3f}  (n={v['n']})")
+    print(format_summary(summary))
     return 0
 
 

@@ -40,7 +40,7 @@ RUNS_DIR = "runs"
 CURVES_DIR = "curves"
 PIXEL_SIDE = 256       # maps/masks are compared at most this large (long side): keeps memory bounded on
                        # MVTec's 1024 px images; smaller images are compared at their own size
-FORMAT_VERSION = 1     # bump when a run file's content changes meaning, so old ones are not reused
+FORMAT_VERSION = 2     # bump when a run file's content changes meaning, so old ones are not reused
 METRIC_KEYS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pro", "verdict_accuracy",
                "answer_accuracy", "answer_unparsed", "latency_ms_median")
 
@@ -187,7 +187,10 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
                     threshold, source = rep.threshold, rep.threshold_source
                     rows.append({"path": str(s.image_path), "label": int(s.label), "defect_type": s.defect_type,
                                  "score": float(rep.score), "anomalous": bool(rep.is_anomalous),
-                                 "answer": rep.answer if question else None})
+                                 "answer": rep.answer if question else None,
+                                 # the LLM's own answer before the claim checker (anomalygpt.chat)
+                                 "llm_answer": ((rep.turns[0].get("llm_text") if rep.turns else None) or rep.answer)
+                                 if question else None})
                     # pixel metrics over normals and masked anomalies only: an anomaly without a
                     # mask has no pixel truth, an all-False stand-in would count its defect as normal
                     if with_masks and (s.label == 0 or s.mask_path is not None):
@@ -218,6 +221,8 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
     if question and rows:
         acc = answer_accuracy(labels, [r["answer"] for r in rows])
         metrics["answer_accuracy"], metrics["answer_unparsed"] = acc["accuracy"], acc["unparsed"]
+        # what users see is checked against the verdict; this is the LLM's own answer's accuracy
+        metrics["answer_accuracy_llm"] = answer_accuracy(labels, [r["llm_answer"] for r in rows])["accuracy"]
     metrics = {k: clean_number(v) if isinstance(v, (float, int, np.floating)) else v for k, v in metrics.items()}
     return {
         "metrics": metrics, "n_images": len(rows), "n_anomalous": int(labels.sum()),
