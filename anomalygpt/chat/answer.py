@@ -54,8 +54,9 @@ def finish(report: InspectionReport, question: str, intent: Intent, llm_raw: str
 
 
 def record(report: InspectionReport, answer: ChatAnswer) -> None:
-    """Keep the turn on the report (its JSON lists every turn and whether it was corrected)."""
+    """Keep the turn on the report (its JSON lists every turn and whether it was corrected).
+    The check's timing stays off the report, so the same inspection gives the same record."""
     turns = getattr(report, "turns", None)
     if turns is None:
         report.turns = turns = []
-    turns.append(answer.to_dict())
+    turns.append({k: v for k, v in answer.to_dict().items() if k != "check_s"})
