@@ -62,25 +62,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not images:
         raise CLIError("no images given; pass image files or folders")
     assistant = AnomalyGPT.from_pretrained(args.checkpoint, with_llm=not args.no_answer)
+    mode = assistant.zero_shot_mode(args.zero_shot, args.ref or None)
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
     out_dir = Path(args.out) if args.out else None
     failures: list[tuple[str, str]] = []
     results = []
     question = None if args.no_answer else args.question
-    bar = tqdm(images, desc="inspect", unit="img", disable=len(images) < 2 or args.json, file=sys.stderr)
-    for path in bar:
-        try:
-            rgb = load_image(path)
-            report = assistant.inspect(rgb, refs, object_name=args.object, question=question)
-            report.source = path
-        except (ValueError, OSError) as e:
-            failures.append((path, str(e)))
-            continue
+
+    def emit(report, rgb, path: str) -> None:
+        report.source = path
         results.append(report.to_dict())
         if not args.json:
             tqdm.write(report.summary())
         if out_dir is not None:
             _write_outputs(report, rgb, out_dir, Path(path).stem)
+
+    if mode is not None and mode.needs_batch:  # the images score each other: read them all, score once
+        loaded = []
+        for path in images:
+            try:
+                loaded.append((path, load_image(path)))
+            except (ValueError, OSError) as e:
+                failures.append((path, str(e)))
+        if len(loaded) < 2:
+            raise CLIError(f"--zero-shot {mode.name} needs at least 2 readable images of one product "
+                           f"(got {len(loaded)}); give a folder, or use --zero-shot self")
+        print(f"scoring {len(loaded)} images against each other (zero-shot {mode.name})", file=sys.stderr)
+        reports = assistant.inspect_many([rgb for _, rgb in loaded], object_name=args.object, question=question,
+                                         zero_shot=mode.name)
+        for (path, rgb), report in zip(loaded, reports):
+            emit(report, rgb, path)
+        images_iter: list[str] = []
+    else:
+        images_iter = images
+    bar = tqdm(images_iter, desc="inspect", unit="img", disable=len(images_iter) < 2 or args.json, file=sys.stderr)
+    for path in bar:
+        try:
+            rgb = load_image(path)
+            report = assistant.inspect(rgb, refs, object_name=args.object, question=question,
+                                       zero_shot=mode.name if mode is not None else "")
+        except (ValueError, OSError) as e:
+            failures.append((path, str(e)))
+            continue
+        emit(report, rgb, path)
     if args.json:
         print(json.dumps(results if len(results) != 1 else results[0], indent=2))
     if out_dir is not None and results:
@@ -97,8 +121,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .inspector import DEFAULT_QUESTION, AnomalyGPT
 
     assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+    assistant.zero_shot_mode(args.zero_shot, args.ref or None)  # a bad mode or mode + references: one line, early
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
-    report = assistant.inspect(args.image, refs, object_name=args.object)
+    report = assistant.inspect(args.image, refs, object_name=args.object, zero_shot=args.zero_shot)
     report.source = args.image
     print(report.summary())
     history: list[tuple[str, str]] = [(DEFAULT_QUESTION, report.answer)]
@@ -170,7 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shots = args.shots if args.shots == "all" else int(args.shots)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (0, 1, 2)
     res = run_eval(args.dataset, checkpoint=args.checkpoint, shots=shots, seeds=seeds, out_dir=args.out,
-                   answers=not args.no_answers, max_images=args.max_images)
+                   answers=not args.no_answers, max_images=args.max_images, zero_shot=args.zero_shot)
     print(format_results(res))
     if args.out:
         print(f"results.json and ROC/PR plots in {args.out}")
@@ -198,6 +223,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+ZERO_SHOT_HELP = ("training-free mode, no references, frozen encoder only: 'self' (each image against its "
+                  "own patches) or 'batch' (the given images of one product score each other)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomalygpt", description="Conversational industrial inspection, offline on a CPU.")
     p.add_argument("--version", action="version", version=f"anomalygpt {__version__}")
@@ -217,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--question", default="Is there any anomaly in the image?")
     sp.add_argument("--no-answer", action="store_true", help="detector only, no LLM answer")
     sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP)
     sp.set_defaults(func=cmd_inspect)
 
     sp = add("chat", "inspect one image, then chat about it in the terminal")
@@ -224,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ref", nargs="*", default=[])
     sp.add_argument("--object", default=None)
     sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--zero-shot", default=None, metavar="MODE", help="training-free mode for one image: 'self'")
     sp.set_defaults(func=cmd_chat)
 
     sp = add("train", "train decoder, prompt learner and LoRA on simulated anomalies (see training.train --help)")
@@ -237,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default="embedded")
     sp.add_argument("--no-answers", action="store_true", help="skip the LLM answers (faster)")
     sp.add_argument("--max-images", type=int, default=None)
+    sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP + " (with --shots 0)")
     sp.set_defaults(func=cmd_eval)
 
     sp = add("simulate", "write simulated anomalies, masks, qa.jsonl and a preview grid")

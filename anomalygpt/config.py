@@ -130,6 +130,32 @@ class TrainConfig:
 
 
 @dataclass
+class ZeroShotConfig:
+    """Training-free modes (anomalygpt.zeroshot): no references and no trained decoder.
+
+    `mode`: "" = off (the trained decoder, fused with references when given), or a name of
+    `anomalygpt.zeroshot.MODES` ("self", "batch", ...); a call's `zero_shot=` overrides it.
+    """
+    mode: str = ""
+    # self: the excluded square around a patch is (2*window+1)^2 grid steps; maps at these
+    # input sizes are averaged (multi-scale). Sizes are multiples of encoder.image_size
+    # (rounded to 16 px), so one setting fits the 64 px test model and the 224 px encoder
+    window: int = 2
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    # batch: each image is compared with n_compare other images; a patch's score is the mean
+    # of its lowest `fraction` of per-image nearest-neighbour distances
+    n_compare: int = 100
+    fraction: float = 0.3
+    batch_scales: list[float] = field(default_factory=lambda: [1.0])
+    # batch second pass: the ref_fraction of images scored most normal become references
+    # (at most max_refs); every image is scored against them (references leave-one-out),
+    # and the verdict threshold is the references' rule (threshold_rule) on those scores
+    second_pass: bool = True
+    ref_fraction: float = 0.2
+    max_refs: int = 64
+
+
+@dataclass
 class ModelConfig:
     name: str = "embedded"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -139,6 +165,7 @@ class ModelConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
 
 
 # Value checks beyond types: key path -> (predicate, what is allowed)
@@ -158,6 +185,15 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "prompt.n_image_tokens": (lambda v: v >= 0, "an integer >= 0"),
     "llm.lora_r": (lambda v: v >= 0, "an integer >= 0 (0 disables LoRA)"),
     "llm.max_new_tokens": (lambda v: 1 <= v <= 4096, "an integer in 1..4096"),
+    "zero_shot.window": (lambda v: v >= 0, "an integer >= 0 (0 excludes only the patch itself)"),
+    "zero_shot.scales": (lambda v: len(v) >= 1 and all(0.25 <= x <= 4 for x in v),
+                         "a non-empty list of factors of encoder.image_size in 0.25..4"),
+    "zero_shot.batch_scales": (lambda v: len(v) >= 1 and all(0.25 <= x <= 4 for x in v),
+                               "a non-empty list of factors of encoder.image_size in 0.25..4"),
+    "zero_shot.n_compare": (lambda v: v >= 1, "a positive integer"),
+    "zero_shot.fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "zero_shot.ref_fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "zero_shot.max_refs": (lambda v: v >= 2, "an integer >= 2"),
     "train.steps": (lambda v: v >= 1, "a positive integer"),
     "train.batch_size": (lambda v: v >= 1, "a positive integer"),
     "train.grad_accum": (lambda v: v >= 1, "a positive integer"),

@@ -80,6 +80,7 @@ class InspectionReport:
     object_name: str | None = None
     source: str | None = None                     # file name, when known
     answer: str = ""
+    mode: str = "decoder"                         # how the map was made: decoder, decoder+references, zero-shot:<name>
 
     @property
     def is_anomalous(self) -> bool:
@@ -115,6 +116,7 @@ class InspectionReport:
             "is_anomalous": self.is_anomalous,
             "image_size": list(self.image_size),
             "n_references": self.n_references,
+            "mode": self.mode,
             "object_name": self.object_name,
             "regions": [asdict(r) for r in self.regions] if self.is_anomalous else [],
             "affected_cells": self.affected_cells,
@@ -124,6 +126,8 @@ class InspectionReport:
 
     def summary(self) -> str:
         head = f"{self.source or 'image'}: {self.verdict.upper()} (score {self.score:.3f}, threshold {self.threshold:.3f}, {self.threshold_source})"
+        if self.mode.startswith("zero-shot"):  # the trained modes are named by their threshold source already
+            head += f" [{self.mode}]"
         lines = [head]
         if self.is_anomalous:
             for i, r in enumerate(self.regions, 1):
