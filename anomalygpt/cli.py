@@ -77,17 +77,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if out_dir is not None:
             _write_outputs(report, rgb, out_dir, Path(path).stem)
 
-    if mode is not None and mode.needs_batch:  # the images score each other: read them all, score once
+    if mode is not None and mode.needs_batch:  # the images are scored as one set: read them all, score once
         loaded = []
         for path in images:
             try:
                 loaded.append((path, load_image(path)))
             except (ValueError, OSError) as e:
                 failures.append((path, str(e)))
-        if len(loaded) < 2:
-            raise CLIError(f"--zero-shot {mode.name} needs at least 2 readable images of one product "
+        if len(loaded) < mode.min_images:
+            raise CLIError(f"--zero-shot {mode.name} needs at least {mode.min_images} readable images of one product "
                            f"(got {len(loaded)}); give a folder, or use --zero-shot self")
-        print(f"scoring {len(loaded)} images against each other (zero-shot {mode.name})", file=sys.stderr)
+        if len(loaded) > 1:
+            print(f"scoring {len(loaded)} images as one set (zero-shot {mode.name})", file=sys.stderr)
         reports = assistant.inspect_many([rgb for _, rgb in loaded], object_name=args.object, question=question,
                                          zero_shot=mode.name)
         for (path, rgb), report in zip(loaded, reports):

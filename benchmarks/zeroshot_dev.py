@@ -54,33 +54,42 @@ def main() -> None:
     ap.add_argument("kind", nargs="?", default="mono")
     ap.add_argument("--max", type=int, default=500)
     ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--sizes", default="192,224,256,288,320")
+    ap.add_argument("--windows", default="1,2,3,4")
+    ap.add_argument("--combos", default="224+288;192+256+320;224+256+288+320;256+320")
+    ap.add_argument("--batch", default="224:50:0.3;224:100:0.1;224:100:0.3;224:100:0.5;256:50:0.3;256:100:0.1;"
+                    "256:100:0.3;256:100:0.5", help="size:M:fraction;...")
     args = ap.parse_args()
+    sizes = [int(v) for v in args.sizes.split(",")]
+    windows = [int(v) for v in args.windows.split(",")]
+    combos = [tuple(int(v) for v in c.split("+")) for c in args.combos.split(";") if c]
     torch.set_num_threads(1)
     enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
     images, y = dev_set(args.kind, args.max)
     print(f"dev set {args.kind}: {len(y)} images, {int(y.sum())} with simulated anomalies", flush=True)
-    x = batch_tensor(images, 320)
+    x = batch_tensor(images, max(sizes))
     feats = {}
-    for s in (192, 224, 256, 288, 320):
+    for s in sizes:
         t0 = time.perf_counter()
         feats[s] = encoder_patches(enc, x, s)
         print(f"encode {s}: {time.perf_counter() - t0:.1f}s grid {feats[s][1]}", flush=True)
     out = (224, 224)
     self_maps = {}
-    for s, wnd in itertools.product(feats, (1, 2, 3, 4)):
+    for s, wnd in itertools.product(feats, windows):
         f, (h, w), _ = feats[s]
         m = torch.cat([self_similarity_scores(f[i:i + 32], h, w, wnd) for i in range(0, len(f), 32)])
         self_maps[s, wnd] = m
         print(f"self size {s} window {wnd}: AUROC {roc_auc_score(y, image_scores(average_maps([m], out))):.3f}", flush=True)
-    for wnd in (1, 2, 3, 4):
-        for scales in ((224, 288), (192, 256, 320), (224, 256, 288, 320), (256, 320)):
+    for wnd in windows:
+        for scales in combos:
             m = average_maps([self_maps[s, wnd] for s in scales], out)
             print(f"self scales {scales} window {wnd}: AUROC {roc_auc_score(y, image_scores(m)):.3f}", flush=True)
     if args.skip_batch:
         return
-    for s in (224, 256):
+    for item in args.batch.split(";"):
+        s, m_cmp, frac = int(item.split(":")[0]), int(item.split(":")[1]), float(item.split(":")[2])
         f, (h, w), _ = feats[s]
-        for m_cmp, frac in ((50, 0.3), (100, 0.1), (100, 0.3), (100, 0.5)):
+        if True:
             t0 = time.perf_counter()
             sc = mutual_scores(f, m_cmp, frac).view(-1, 1, h, w)
             print(f"batch size {s} M {m_cmp} frac {frac}: AUROC {roc_auc_score(y, image_scores(average_maps([sc], out))):.3f} "

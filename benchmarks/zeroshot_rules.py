@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 from anomalygpt.images import batch_tensor
 from anomalygpt.inspector import AnomalyGPT
 from anomalygpt.zeroshot.modes import ZeroShotContext, get_mode
+from anomalygpt.zeroshot.thresholds import MIN_SET, set_threshold
 
 from zeroshot_dev import dev_set
 
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("kind", nargs="?", default="mono")
     ap.add_argument("--mode", default="self")
     ap.add_argument("--max", type=int, default=500)
+    ap.add_argument("--save", default="", help="write scores and labels to this .npz")
     ap.add_argument("--set", action="append", default=[], help="zero_shot.KEY=VALUE")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -48,6 +50,13 @@ def main() -> None:
     print(f"{args.kind} {args.mode} {cfg}: n={len(y)} AUROC {roc_auc_score(y, s):.3f} verdict acc "
           f"{np.mean(verdict == y.astype(bool)):.3f} (normals called anomalous {verdict[y == 0].mean():.3f}, "
           f"anomalies missed {1 - verdict[y == 1].mean():.3f}) threshold {res.threshold_source}; {el:.1f}s", flush=True)
+    if args.mode == "batch" or len(s) >= MIN_SET:  # the set rule, for comparison with the mode's own
+        thr, src = set_threshold(s)
+        v = s >= thr
+        print(f"  set rule ({src}): verdict acc {np.mean(v == y.astype(bool)):.3f} (normals called anomalous "
+              f"{v[y == 0].mean():.3f}, anomalies missed {1 - v[y == 1].mean():.3f})", flush=True)
+    if args.save:
+        np.savez(args.save, scores=s, labels=y, z=np.asarray(res.info.get("z", [])))
     if "z" in res.info:
         z = np.asarray(res.info["z"])
         print(f"  z AUROC {roc_auc_score(y, z):.3f}; z normals q10/50/90 {np.quantile(z[y == 0], [.1, .5, .9]).round(2)}"

@@ -62,3 +62,10 @@ def test_run_measured_reports_exit_code_rss_and_json() -> None:
     assert ok["returncode"] == 0 and ok["json"] == {"n": 50 * 2**20} and ok["peak_rss_mb"] > 50
     bad = bench.run_measured([sys.executable, "-c", "import sys; sys.exit('boom')"])
     assert bad["returncode"] == 1 and bad["json"] is None and "boom" in bad["stderr_tail"]
+
+
+def test_zero_shot_speed_rows_on_tiny(tiny_assistant) -> None:
+    s = bench.measure_zero_shot(tiny_assistant, "self", 2)
+    b = bench.measure_zero_shot(tiny_assistant, "batch", 4)
+    assert s["s_per_image"] > 0 and s["n_images"] == 2 and s["n_compare"] is None
+    assert b["s_per_image"] > 0 and b["n_compare"] == 3 and b["scales"] == [1.0]

@@ -160,7 +160,7 @@ def test_batch_mode_ranks_defective_images_first_and_keeps_order(tiny):
     assert len(reps) == 16 and all(r.mode == "zero-shot:batch" for r in reps)
     scores = np.array([r.score for r in reps])
     assert set(np.argsort(scores)[-3:].tolist()) == defect
-    assert len({r.threshold for r in reps}) == 1 and "most normal" in reps[0].threshold_source
+    assert len({r.threshold for r in reps}) == 1 and "16 images" in reps[0].threshold_source
     with pytest.raises(ValueError, match="at least 2 images"):
         tiny.inspect(imgs[0], zero_shot="batch")
 
@@ -248,3 +248,21 @@ def test_eval_zero_shot_prints_the_same_table(tmp_path, tiny_checkpoint, capsys)
     assert main(["eval", "--dataset", f"folder:{root}", "--shots", "2", "--zero-shot", "self", "--no-answers",
                  "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x")]) == 2
     assert "--shots 0" in capsys.readouterr().err
+
+
+def test_set_threshold_splits_two_populations_and_keeps_one_whole():
+    from anomalygpt.zeroshot.modes import gumbel_k
+    from anomalygpt.zeroshot.thresholds import set_threshold
+
+    rng = np.random.default_rng(0)
+    for share in (0.05, 0.3, 0.7):  # a good lot, a bad lot, ELPV's 71% defective split
+        normal = rng.normal(0.20, 0.02, int(400 * (1 - share)))
+        bad = rng.normal(0.45, 0.06, int(400 * share))
+        thr, src = set_threshold(np.r_[normal, bad])
+        assert 0.24 < thr < 0.38 and "two-population" in src
+    normal = rng.normal(0.20, 0.02, 300)
+    thr, src = set_threshold(normal)
+    assert thr == pytest.approx(normal.mean() + normal.std()) and "one population" in src
+    with pytest.raises(ValueError, match="at least 8"):
+        set_threshold(normal[:5])
+    assert gumbel_k(28 * 28) == pytest.approx(4.16, abs=0.01) and gumbel_k(64) < gumbel_k(784)

@@ -107,6 +107,30 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
             "repeats": len(rows)}
 
 
+def measure_zero_shot(assistant: Any, mode: str, n_images: int, repeats: int = 1) -> dict[str, Any]:
+    """Seconds per image of `inspect_many(images, zero_shot=mode, question=None)` (detector
+    side: encoder at every scale, scoring, thresholds, regions) on `n_images` random images of
+    the checkpoint's size; one warm-up call on two images first. For "batch" the cost per
+    image grows with the set until each image has its full n_compare partners, so the set
+    size is reported with it."""
+    import numpy as np
+
+    size = assistant.detector.image_size
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_images)]
+    list(assistant.inspect_many(images[:2], question=None, zero_shot=mode))
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        list(assistant.inspect_many(images, question=None, zero_shot=mode))
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    zs = assistant.cfg.zero_shot
+    return {"s_per_image": med / n_images, "total_s": med, "n_images": n_images, "repeats": len(times),
+            "n_compare": min(zs.n_compare, n_images - 1) if mode == "batch" else None,
+            "scales": list(zs.batch_scales if mode == "batch" else zs.scales)}
+
+
 # ---------------------------------------------------------------------------- subprocess measurements
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900.0) -> dict[str, Any]:
     """Run a command; wall time, exit code, peak RSS of exactly that child (os.wait4's rusage,
@@ -299,6 +323,9 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     n_max = assistant.cfg.llm.max_new_tokens
     m["inspect_answer_48"] = _guard(lambda: measure_inspect_answer(assistant, repeats=max(3, reps // 2),
                                                                    min_new_tokens=n_max))
+    m["zero_shot_self"] = _guard(lambda: measure_zero_shot(assistant, "self", 8, max(1, reps // 4)))
+    n_batch = 32 if quick else assistant.cfg.zero_shot.n_compare + 1  # quick: partners capped by the set
+    m["zero_shot_batch"] = _guard(lambda: measure_zero_shot(assistant, "batch", n_batch))
     del assistant  # the subprocess measurements should not compete with its memory
     m["llm_load_warm"] = _guard(lambda: measure_llm_load(cold=False, repeats=sub_reps))
     m["llm_load_cold"] = {"skipped": "quick mode"} if quick else _guard(lambda: measure_llm_load(cold=True))
@@ -324,6 +351,11 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
                why("inspect_answer") or f"{ia.get('answer_tokens')} answer tokens (max {ia.get('max_new_tokens')})"),
         _entry("inspect_answer_48_tokens_s", val("inspect_answer_48", "full_answer_s_median"), "s",
                why("inspect_answer_48") or f"answer forced to {m['inspect_answer_48'].get('answer_tokens')} tokens"),
+        _entry("zero_shot_self_s_per_img", val("zero_shot_self", "s_per_image"), "s",
+               why("zero_shot_self") or f"detector only, scales {m['zero_shot_self'].get('scales')}"),
+        _entry("zero_shot_batch_s_per_img", val("zero_shot_batch", "s_per_image"), "s",
+               why("zero_shot_batch") or f"detector only, a set of {m['zero_shot_batch'].get('n_images')}, each vs "
+               f"{m['zero_shot_batch'].get('n_compare')} others"),
         _entry("llm_load_cold_s", val("llm_load_cold", "load_s"), "s", why("llm_load_cold") or "de-quantize GGUF + cache"),
         _entry("llm_load_warm_s", val("llm_load_warm", "load_s"), "s", why("llm_load_warm")),
         _entry("assistant_warm_load_s", val("assistant_load_warm", "load_s"), "s",
