@@ -118,12 +118,11 @@ def self_call_threshold(amap: torch.Tensor, scores: torch.Tensor, sigma: float,
     rule's verdict accuracy was 0.920 and the per-image rule's 0.630: the peak's contrast
     within its own map separates normal from defective images poorly (AUROC 0.68, against
     0.96 for the raw peak), so it is the fallback, not the rule."""
-    _, info, per_image_source = self_thresholds(amap, sigma, gumbel_k(n_patches))
+    per_image, info, per_image_source = self_thresholds(amap, sigma, gumbel_k(n_patches))
     if len(scores) >= MIN_SET:
         thr, source = set_threshold(scores.numpy())
         return np.full(len(scores), thr), info, source
-    thr, _, _ = self_thresholds(amap, sigma, gumbel_k(n_patches))
-    return thr, info, per_image_source
+    return per_image, info, per_image_source
 
 
 def gumbel_k(n_patches: int) -> float:
@@ -173,7 +172,7 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
     info: dict[str, Any] = {"n_images": n, "n_compare": min(cfg.n_compare, n - 1), "fraction": cfg.fraction}
     if cfg.second_pass and n >= 5:
         # the most normal-scored images become references; a reference is scored against the
-        # others only. On the dev set AUROC 0.975 -> 0.980.
+        # others only. Mono dev set AUROC 0.975 -> 0.980, poly dev 0.896 -> 0.897: off by default
         refs = most_normal(scores.numpy(), cfg.ref_fraction, maximum=cfg.max_refs)
         second = [reference_scores(feats, refs).view(n, 1, h, w) for feats, h, w in feats_all]
         amap = average_maps(second, size)
@@ -185,9 +184,11 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
 
 def batch_threshold(scores: np.ndarray) -> tuple[float, str]:
     """The set's own score distribution decides (`thresholds.set_threshold`, a two-population
-    split). Chosen on the dev set over the references' leave-one-out rule, which sat too low
-    because the references are the most normal images by selection: verdict accuracy 0.884
-    (0.7% of normals flagged, 17% of anomalies missed) against 0.811 (55% of normals flagged).
+    split). Chosen on the mono dev set (second pass on) over the references' leave-one-out
+    rule, which sat too low because the references are the most normal images by selection:
+    verdict accuracy 0.884 (0.7% of normals flagged, 17% of anomalies missed) against 0.811
+    (55% of normals flagged). Weakness: a set with NO defects is still split in two when its
+    log scores look bimodal (dev: 150 clean images alone, 61% flagged in batch mode).
     Under MIN_SET images the set is one population: mean + 1 std."""
     if len(scores) < MIN_SET:
         return float(threshold_rule(np.asarray(scores, np.float64))[0]), \
