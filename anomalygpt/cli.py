@@ -66,27 +66,56 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if (args.resume or distributed) and not args.jsonl:
         raise CLIError("--resume and distributed runs need --jsonl OUT.jsonl (the file that records finished images)")
     assistant = AnomalyGPT.from_pretrained(args.checkpoint, with_llm=not args.no_answer, allow_pickle=args.allow_pickle)
+    mode = assistant.zero_shot_mode(args.zero_shot, args.ref or None)
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
     out_dir = Path(args.out) if args.out else None
     if args.jsonl:
+        if mode is not None and mode.needs_batch:
+            raise CLIError(f"--zero-shot {mode.name} scores the images as one set, so it cannot resume image by "
+                           "image; use --json or --out instead of --jsonl")
+        args.zero_shot = mode.name if mode is not None else ""
         return _inspect_to_jsonl(args, assistant, images, refs, out_dir, distributed)
     failures: list[tuple[str, str]] = []
     results = []
     question = None if args.no_answer else args.question
-    bar = tqdm(images, desc="inspect", unit="img", disable=len(images) < 2 or args.json, file=sys.stderr)
-    for path in bar:
-        try:
-            rgb = load_image(path)
-            report = assistant.inspect(rgb, refs, object_name=args.object, question=question)
-            report.source = path
-        except (ValueError, OSError) as e:
-            failures.append((path, str(e)))
-            continue
+
+    def emit(report, rgb, path: str) -> None:
+        report.source = path
         results.append(report.to_dict())
         if not args.json:
             tqdm.write(report.summary())
         if out_dir is not None:
             _write_outputs(report, rgb, out_dir, Path(path).stem)
+
+    if mode is not None and mode.needs_batch:  # the images are scored as one set: read them all, score once
+        loaded = []
+        for path in images:
+            try:
+                loaded.append((path, load_image(path)))
+            except (ValueError, OSError) as e:
+                failures.append((path, str(e)))
+        if len(loaded) < mode.min_images:
+            raise CLIError(f"--zero-shot {mode.name} needs at least {mode.min_images} readable images of one product "
+                           f"(got {len(loaded)}); give a folder, or use --zero-shot self")
+        if len(loaded) > 1:
+            print(f"scoring {len(loaded)} images as one set (zero-shot {mode.name})", file=sys.stderr)
+        reports = assistant.inspect_many([rgb for _, rgb in loaded], object_name=args.object, question=question,
+                                         zero_shot=mode.name)
+        for (path, rgb), report in zip(loaded, reports):
+            emit(report, rgb, path)
+        images_iter: list[str] = []
+    else:
+        images_iter = images
+    bar = tqdm(images_iter, desc="inspect", unit="img", disable=len(images_iter) < 2 or args.json, file=sys.stderr)
+    for path in bar:
+        try:
+            rgb = load_image(path)
+            report = assistant.inspect(rgb, refs, object_name=args.object, question=question,
+                                       zero_shot=mode.name if mode is not None else "")
+        except (ValueError, OSError) as e:
+            failures.append((path, str(e)))
+            continue
+        emit(report, rgb, path)
     if args.json:
         print(json.dumps(results if len(results) != 1 else results[0], indent=2))
     if out_dir is not None and results:
@@ -117,7 +146,8 @@ def _inspect_to_jsonl(args: argparse.Namespace, assistant, images: list[str], re
 
     def inspect_one(path: str) -> dict:
         rgb = load_image(path)
-        report = assistant.inspect(rgb, refs, object_name=args.object, question=question)
+        report = assistant.inspect(rgb, refs, object_name=args.object, question=question,
+                                   zero_shot=args.zero_shot)
         report.source = path
         if out_dir is not None:
             _write_outputs(report, rgb, out_dir, Path(path).stem)
@@ -147,8 +177,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .inspector import DEFAULT_QUESTION, AnomalyGPT
 
     assistant = AnomalyGPT.from_pretrained(args.checkpoint, allow_pickle=args.allow_pickle)
+    assistant.zero_shot_mode(args.zero_shot, args.ref or None)  # a bad mode or mode + references: one line, early
     refs = assistant.build_references(_expand_images(args.ref)) if args.ref else None
-    report = assistant.inspect(args.image, refs, object_name=args.object)
+    report = assistant.inspect(args.image, refs, object_name=args.object, zero_shot=args.zero_shot)
     report.source = args.image
     print(report.summary())
     history: list[tuple[str, str]] = [(DEFAULT_QUESTION, report.answer)]
@@ -227,7 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shots = args.shots if args.shots == "all" else int(args.shots)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (0, 1, 2)
     res = run_eval(args.dataset, checkpoint=args.checkpoint, shots=shots, seeds=seeds, out_dir=args.out,
-                   answers=not args.no_answers, max_images=args.max_images)
+                   answers=not args.no_answers, max_images=args.max_images, zero_shot=args.zero_shot)
     print(format_results(res))
     if args.out:
         print(f"results.json and ROC/PR plots in {args.out}")
@@ -258,6 +289,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached: execve does not return
 
 
+ZERO_SHOT_HELP = ("training-free mode, no references, frozen encoder only: 'self' (each image against its "
+                  "own patches) or 'batch' (the given images of one product score each other)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anomalygpt", description="Conversational industrial inspection, offline on a CPU.")
     p.add_argument("--version", action="version", version=f"anomalygpt {__version__}")
@@ -284,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --jsonl: split the images between the processes of `accelerate launch` "
                          "(on by itself when WORLD_SIZE > 1)")
     sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP)
     sp.set_defaults(func=cmd_inspect)
 
     sp = add("chat", "inspect one image, then chat about it in the terminal")
@@ -292,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--object", default=None)
     sp.add_argument("--checkpoint", default="embedded")
     sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    sp.add_argument("--zero-shot", default=None, metavar="MODE", help="training-free mode for one image: 'self'")
     sp.set_defaults(func=cmd_chat)
 
     sp = add("train", "train decoder, prompt learner and LoRA on simulated anomalies (see training.train --help)")
@@ -305,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default="embedded")
     sp.add_argument("--no-answers", action="store_true", help="skip the LLM answers (faster)")
     sp.add_argument("--max-images", type=int, default=None)
+    sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP + " (with --shots 0)")
     sp.set_defaults(func=cmd_eval)
 
     sp = add("simulate", "write simulated anomalies, masks, qa.jsonl and a preview grid")

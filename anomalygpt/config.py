@@ -131,6 +131,41 @@ class TrainConfig:
 
 
 @dataclass
+class ZeroShotConfig:
+    """Training-free modes (anomalygpt.zeroshot): no references and no trained decoder.
+
+    `mode`: "" = off (the trained decoder, fused with references when given), or a name of
+    `anomalygpt.zeroshot.MODES` ("self", "batch", ...); a call's `zero_shot=` overrides it.
+    Defaults chosen on a dev set of ELPV TRAIN normals, 150 clean + 288 with simulated
+    anomalies (benchmarks/zeroshot_dev.py; never a test image), image AUROC there:
+    self window 1/2/4/6/8 at 224 px 0.749/0.884/0.952/0.964/0.968 (6 taken: within noise of
+    8 and the smaller exclusion suits parts less periodic than solar cells); sizes 192-320
+    and multi-scale averages (224+288, 160+224, 192+256+320, ...) did not beat one 224 px map
+    (0.937-0.964 at windows 4-6). batch at 224 px with 100 partners, fraction
+    0.05/0.1/0.3/0.5: 0.972/0.974/0.968/0.960; 192 px, fraction 0.1: 0.975 at half the cost,
+    0.980 with the second pass. A poly dev set (150 clean + 300 simulated) disagreed: 192 px,
+    0.1, second pass 0.897 (0.896 without it); 224 px, 0.3, no second pass 0.915. Taken: the
+    best mean over both dev sets, 224 px / 0.3 / no second pass (0.941 vs 0.939).
+    """
+    mode: str = ""
+    # self: the excluded square around a patch is (2*window+1)^2 grid steps; maps at these
+    # input sizes are averaged (multi-scale). Sizes are multiples of encoder.image_size
+    # (rounded to 16 px), so one setting fits the 64 px test model and the 224 px encoder
+    window: int = 6
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    # batch: each image is compared with n_compare other images; a patch's score is the mean
+    # of its lowest `fraction` of per-image nearest-neighbour distances
+    n_compare: int = 100
+    fraction: float = 0.3
+    batch_scales: list[float] = field(default_factory=lambda: [1.0])
+    # batch second pass: the ref_fraction of images scored most normal become references
+    # (at most max_refs); every image is scored against them (references leave-one-out)
+    second_pass: bool = False
+    ref_fraction: float = 0.2
+    max_refs: int = 64
+
+
+@dataclass
 class ModelConfig:
     name: str = "embedded"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -140,6 +175,7 @@ class ModelConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
 
 
 # Value checks beyond types: key path -> (predicate, what is allowed)
@@ -159,6 +195,15 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "prompt.n_image_tokens": (lambda v: v >= 0, "an integer >= 0"),
     "llm.lora_r": (lambda v: v >= 0, "an integer >= 0 (0 disables LoRA)"),
     "llm.max_new_tokens": (lambda v: 1 <= v <= 4096, "an integer in 1..4096"),
+    "zero_shot.window": (lambda v: v >= 0, "an integer >= 0 (0 excludes only the patch itself)"),
+    "zero_shot.scales": (lambda v: len(v) >= 1 and all(0.25 <= x <= 4 for x in v),
+                         "a non-empty list of factors of encoder.image_size in 0.25..4"),
+    "zero_shot.batch_scales": (lambda v: len(v) >= 1 and all(0.25 <= x <= 4 for x in v),
+                               "a non-empty list of factors of encoder.image_size in 0.25..4"),
+    "zero_shot.n_compare": (lambda v: v >= 1, "a positive integer"),
+    "zero_shot.fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "zero_shot.ref_fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "zero_shot.max_refs": (lambda v: v >= 2, "an integer >= 2"),
     "train.steps": (lambda v: v >= 1, "a positive integer"),
     "train.batch_size": (lambda v: v >= 1, "a positive integer"),
     "train.grad_accum": (lambda v: v >= 1, "a positive integer"),

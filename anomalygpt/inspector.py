@@ -24,6 +24,7 @@ from .chat.answer import ChatAnswer, finish, plan, record
 from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix
 from .chat.intents import recognize
 from .report import InspectionReport, Region
+from .zeroshot.modes import ZeroShotContext, ZeroShotMode, ZeroShotResult, get_mode
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +128,47 @@ class AnomalyGPT:
     # ------------------------------------------------------------------ inspection
     @torch.no_grad()
     def inspect(self, image: ImageLike, references: Sequence[ImageLike] | ReferenceSet | None = None,
-                object_name: str | None = None, question: str | None = DEFAULT_QUESTION) -> InspectionReport:
-        """Inspect one image. `question=None` skips the LLM (detector-only)."""
-        refs = self._as_refs(references)
-        return next(iter(self.inspect_many([image], refs, object_name=object_name, question=question)))
+                object_name: str | None = None, question: str | None = DEFAULT_QUESTION,
+                zero_shot: str | None = None) -> InspectionReport:
+        """Inspect one image. `question=None` skips the LLM (detector-only).
+
+        `zero_shot`: a training-free mode of `anomalygpt.zeroshot.MODES` ("self": the image
+        against itself; "batch" needs several images, see `inspect_many`); None takes the
+        config's `zero_shot.mode` ("" = the trained decoder, with the references if given)."""
+        return next(iter(self.inspect_many([image], references, object_name=object_name, question=question,
+                                           zero_shot=zero_shot)))
 
     def _as_refs(self, references: Sequence[ImageLike] | ReferenceSet | None) -> ReferenceSet | None:
         if references is None or isinstance(references, ReferenceSet):
             return references
         return self.build_references(list(references))
 
+    def zero_shot_mode(self, zero_shot: str | None, references: object = None) -> ZeroShotMode | None:
+        """The zero-shot mode of a call (its argument, else the config's), or None for the
+        trained decoder. References and a zero-shot mode together are refused: the modes
+        are for parts without good photos, and silently ignoring given photos would mislead."""
+        name = self.cfg.zero_shot.mode if zero_shot is None else zero_shot
+        name = (name or "").strip().lower()
+        if name in ("", "off", "none"):
+            return None
+        mode = get_mode(name)
+        if references is not None and not (isinstance(references, (list, tuple)) and not references):
+            raise ValueError(f"zero-shot mode '{name}' uses no reference images; drop the references or the "
+                             "zero-shot mode (references give the few-shot mode)")
+        return mode
+
     @torch.no_grad()
     def inspect_many(self, images: Iterable[ImageLike], references: Sequence[ImageLike] | ReferenceSet | None = None,
                      object_name: str | None = None, question: str | None = DEFAULT_QUESTION,
-                     batch_size: int = 8) -> Iterator[InspectionReport]:
-        """Inspect a stream of images in batches; yields one report per image, in order."""
+                     batch_size: int = 8, zero_shot: str | None = None) -> Iterator[InspectionReport]:
+        """Inspect a stream of images in batches; yields one report per image, in order.
+
+        With a zero-shot mode that compares images with each other ("batch"), the whole
+        stream is read first and scored as one set; the reports then follow in order."""
+        mode = self.zero_shot_mode(zero_shot, references)
+        if mode is not None:
+            yield from self._inspect_zero_shot(images, mode, object_name, question, batch_size)
+            return
         refs = self._as_refs(references)
         batch: list[tuple[np.ndarray, str | None]] = []
         for img in images:
@@ -178,29 +205,87 @@ class AnomalyGPT:
             reports.append(InspectionReport(
                 score=score, threshold=threshold, threshold_source=source, anomaly_map=amap, mask=mask,
                 regions=regions, image_size=(h, w),
-                n_references=refs.n if refs is not None else 0, object_name=object_name, source=name))
+                n_references=refs.n if refs is not None else 0, object_name=object_name, source=name,
+                mode="decoder+references" if refs is not None else "decoder"))
             reports[-1]._model_inputs = (det.global_emb[i:i + 1], det.anomaly_map[i:i + 1])  # for follow-ups
-        if question and self.lvlm is not None:
-            if not self.check_answers:
-                answers = self.lvlm.generate(torch.cat([r._model_inputs[0] for r in reports]),
-                                             torch.cat([r._model_inputs[1] for r in reports]),
-                                             [question] * len(reports), facts=[r.facts() for r in reports])
-                for r, a in zip(reports, answers):
-                    r.answer = a
-                return reports
-            plans = [plan(r, question) for r in reports]
-            asked = [i for i, (_, q) in enumerate(plans) if q is not None]
-            raw: dict[int, str] = {}
-            if asked:
-                answers = self.lvlm.generate(torch.cat([reports[i]._model_inputs[0] for i in asked]),
-                                             torch.cat([reports[i]._model_inputs[1] for i in asked]),
-                                             [plans[i][1] for i in asked], facts=[reports[i].facts() for i in asked])
-                raw = dict(zip(asked, answers))
-            for i, r in enumerate(reports):
-                done = finish(r, question, plans[i][0], raw.get(i))
-                r.answer, r.answer_corrected = done.text, done.corrected
-                record(r, done)
+        self._answer(reports, question)
         return reports
+
+    def _inspect_zero_shot(self, images: Iterable[ImageLike], mode: ZeroShotMode, object_name: str | None,
+                           question: str | None, batch_size: int) -> Iterator[InspectionReport]:
+        items = ((load_image(img), str(img) if isinstance(img, (str, Path)) else None) for img in images)
+        if mode.needs_batch:
+            batch = list(items)
+            if not batch:
+                return
+            res = self._zero_shot_scores(batch, mode, object_name)
+            for i in range(0, len(batch), batch_size):
+                sl = slice(i, i + batch_size)
+                yield from self._zero_shot_reports(batch[sl], res, sl, mode, object_name, question)
+            return
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == batch_size:
+                res = self._zero_shot_scores(batch, mode, object_name)
+                yield from self._zero_shot_reports(batch, res, slice(0, len(batch)), mode, object_name, question)
+                batch = []
+        if batch:
+            res = self._zero_shot_scores(batch, mode, object_name)
+            yield from self._zero_shot_reports(batch, res, slice(0, len(batch)), mode, object_name, question)
+
+    def _zero_shot_scores(self, batch: list[tuple[np.ndarray, str | None]], mode: ZeroShotMode,
+                          object_name: str | None) -> ZeroShotResult:
+        size = self.detector.image_size
+        x = batch_tensor([b[0] for b in batch], mode.input_size(self.cfg.zero_shot, size))
+        ctx = ZeroShotContext(self.detector.encoder, self.cfg.zero_shot, size, self.detector.smooth_sigma, object_name)
+        return mode.scorer(x, ctx)
+
+    def _zero_shot_reports(self, batch: list[tuple[np.ndarray, str | None]], res: ZeroShotResult, sl: slice,
+                           mode: ZeroShotMode, object_name: str | None, question: str | None) -> list[InspectionReport]:
+        amaps = res.anomaly_map[sl]
+        smooth = gaussian_blur(amaps, self.detector.smooth_sigma)
+        scores, thresholds, glob = res.scores[sl], res.thresholds[sl], res.global_emb[sl]
+        reports = []
+        for i, (rgb, name) in enumerate(batch):
+            h, w = rgb.shape[:2]
+            amap = resize_map(smooth[i, 0].numpy(), h, w)
+            score, threshold = float(scores[i]), float(thresholds[i])
+            mask, regions = measure(amap, score, threshold)
+            reports.append(InspectionReport(
+                score=score, threshold=threshold, threshold_source=res.threshold_source, anomaly_map=amap, mask=mask,
+                regions=regions, image_size=(h, w), n_references=0, object_name=object_name, source=name,
+                mode=f"zero-shot:{mode.name}"))
+            # the LLM's map tokens were trained on probability maps: the threshold goes to 0.5
+            llm_map = (0.5 * amaps[i:i + 1] / max(threshold, 1e-6)).clamp(0, 1)
+            reports[-1]._model_inputs = (glob[i:i + 1], llm_map)
+        self._answer(reports, question)
+        return reports
+
+    def _answer(self, reports: list[InspectionReport], question: str | None) -> None:
+        """The first answer of each report: the LLM's, checked against the report unless
+        `check_answers` is off (anomalygpt.chat)."""
+        if not (question and self.lvlm is not None and reports):
+            return
+        if not self.check_answers:
+            answers = self.lvlm.generate(torch.cat([r._model_inputs[0] for r in reports]),
+                                         torch.cat([r._model_inputs[1] for r in reports]),
+                                         [question] * len(reports), facts=[r.facts() for r in reports])
+            for r, a in zip(reports, answers):
+                r.answer = a
+            return
+        plans = [plan(r, question) for r in reports]
+        asked = [i for i, (_, q) in enumerate(plans) if q is not None]
+        raw: dict[int, str] = {}
+        if asked:
+            answers = self.lvlm.generate(torch.cat([reports[i]._model_inputs[0] for i in asked]),
+                                         torch.cat([reports[i]._model_inputs[1] for i in asked]),
+                                         [plans[i][1] for i in asked], facts=[reports[i].facts() for i in asked])
+            raw = dict(zip(asked, answers))
+        for i, r in enumerate(reports):
+            done = finish(r, question, plans[i][0], raw.get(i))
+            r.answer, r.answer_corrected = done.text, done.corrected
+            record(r, done)
 
     # ------------------------------------------------------------------ chat
     @torch.no_grad()

@@ -82,6 +82,7 @@ class InspectionReport:
     answer: str = ""
     answer_corrected: bool = False                # the claim checker replaced the LLM's first answer
     turns: list[dict[str, Any]] = field(default_factory=list, repr=False)  # chat turns (anomalygpt.chat.answer)
+    mode: str = "decoder"                         # how the map was made: decoder, decoder+references, zero-shot:<name>
 
     @property
     def is_anomalous(self) -> bool:
@@ -117,6 +118,7 @@ class InspectionReport:
             "is_anomalous": self.is_anomalous,
             "image_size": list(self.image_size),
             "n_references": self.n_references,
+            "mode": self.mode,
             "object_name": self.object_name,
             "regions": [asdict(r) for r in self.regions] if self.is_anomalous else [],
             "affected_cells": self.affected_cells,
@@ -128,6 +130,8 @@ class InspectionReport:
 
     def summary(self) -> str:
         head = f"{self.source or 'image'}: {self.verdict.upper()} (score {self.score:.3f}, threshold {self.threshold:.3f}, {self.threshold_source})"
+        if self.mode.startswith("zero-shot"):  # the trained modes are named by their threshold source already
+            head += f" [{self.mode}]"
         lines = [head]
         if self.is_anomalous:
             for i, r in enumerate(self.regions, 1):

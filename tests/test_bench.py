@@ -68,3 +68,10 @@ def test_chat_check_timing_on_tiny(tiny_assistant) -> None:
     c = bench.measure_chat_check(tiny_assistant, repeats=1)
     assert c["answers_timed"] == 2 * 17 and 0 < c["per_answer_ms_median"] <= c["per_answer_ms_max"]
     assert bench._share(2.0, 1.0) == 0.002 and bench._share(None, 1.0) is None
+
+
+def test_zero_shot_speed_rows_on_tiny(tiny_assistant) -> None:
+    s = bench.measure_zero_shot(tiny_assistant, "self", 2)
+    b = bench.measure_zero_shot(tiny_assistant, "batch", 4)
+    assert s["s_per_image"] > 0 and s["n_images"] == 2 and s["n_compare"] is None
+    assert b["s_per_image"] > 0 and b["n_compare"] == 3 and b["scales"] == [1.0]

@@ -108,6 +108,30 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
             "repeats": len(rows)}
 
 
+def measure_zero_shot(assistant: Any, mode: str, n_images: int, repeats: int = 1) -> dict[str, Any]:
+    """Seconds per image of `inspect_many(images, zero_shot=mode, question=None)` (detector
+    side: encoder at every scale, scoring, thresholds, regions) on `n_images` random images of
+    the checkpoint's size; one warm-up call on two images first. For "batch" the cost per
+    image grows with the set until each image has its full n_compare partners, so the set
+    size is reported with it."""
+    import numpy as np
+
+    size = assistant.detector.image_size
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_images)]
+    list(assistant.inspect_many(images[:2], question=None, zero_shot=mode))
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        list(assistant.inspect_many(images, question=None, zero_shot=mode))
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    zs = assistant.cfg.zero_shot
+    return {"s_per_image": med / n_images, "total_s": med, "n_images": n_images, "repeats": len(times),
+            "n_compare": min(zs.n_compare, n_images - 1) if mode == "batch" else None,
+            "scales": list(zs.batch_scales if mode == "batch" else zs.scales)}
+
+
 # ---------------------------------------------------------------------------- subprocess measurements
 def measure_chat_check(assistant: Any, repeats: int = 5) -> dict[str, Any]:
     """Time the chat's own work around the LLM per answer: recognising the question's intent,
@@ -331,6 +355,9 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     m["chat_check"] = _guard(lambda: measure_chat_check(assistant, repeats=1 if quick else 5))
     m["inspect_answer_48"] = _guard(lambda: measure_inspect_answer(assistant, repeats=max(3, reps // 2),
                                                                    min_new_tokens=n_max))
+    m["zero_shot_self"] = _guard(lambda: measure_zero_shot(assistant, "self", 8, max(1, reps // 4)))
+    n_batch = 32 if quick else assistant.cfg.zero_shot.n_compare + 1  # quick: partners capped by the set
+    m["zero_shot_batch"] = _guard(lambda: measure_zero_shot(assistant, "batch", n_batch))
     del assistant  # the subprocess measurements should not compete with its memory
     m["llm_load_warm"] = _guard(lambda: measure_llm_load(cold=False, repeats=sub_reps))
     m["llm_load_cold"] = {"skipped": "quick mode"} if quick else _guard(lambda: measure_llm_load(cold=True))
@@ -360,6 +387,11 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
                                                     val("inspect_answer", "full_answer_s_median")), "x",
                why("chat_check") or f"{m['chat_check'].get('per_answer_ms_median', 0):.2f} ms per answer "
                                     "(intent + claim check + replacement) / inspect_answer_full_s"),
+        _entry("zero_shot_self_s_per_img", val("zero_shot_self", "s_per_image"), "s",
+               why("zero_shot_self") or f"detector only, scales {m['zero_shot_self'].get('scales')}"),
+        _entry("zero_shot_batch_s_per_img", val("zero_shot_batch", "s_per_image"), "s",
+               why("zero_shot_batch") or f"detector only, a set of {m['zero_shot_batch'].get('n_images')}, each vs "
+               f"{m['zero_shot_batch'].get('n_compare')} others"),
         _entry("llm_load_cold_s", val("llm_load_cold", "load_s"), "s", why("llm_load_cold") or "de-quantize GGUF + cache"),
         _entry("llm_load_warm_s", val("llm_load_warm", "load_s"), "s", why("llm_load_warm")),
         _entry("assistant_warm_load_s", val("assistant_load_warm", "load_s"), "s",

@@ -139,11 +139,13 @@ def _pixel_size(h: int, w: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- one run
 def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sample], question: str | None,
                  batch_size: int = 8, progress: bool = True, desc: str = "eval",
-                 skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
+                 skipped: list[dict[str, str]] | None = None, zero_shot: str | None = None) -> dict[str, Any]:
     """Inspect every test sample with one reference set; returns metrics and per-image rows.
 
     Reference images that are also test images (a folder has one pool of normals) are left
     out of the test set: scoring an image against itself would be a free pass.
+    `zero_shot`: a training-free mode (no references); a mode that compares the images with
+    each other ("batch") gets the whole test set as its one unlabeled batch.
     """
     from tqdm.auto import tqdm
 
@@ -167,11 +169,14 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
     maps: list[np.ndarray] = []
     latencies: list[float] = []
     threshold, source = assistant.threshold_for(refs)
+    mode = assistant.zero_shot_mode(zero_shot) if zero_shot else None
+    run_mode = None
+    load_size = max(1, len(test)) if mode is not None and mode.needs_batch else batch_size
     bar = tqdm(total=len(test), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        for start in range(0, len(test), batch_size):
+        for start in range(0, len(test), load_size):
             chunk = []
-            for s in test[start:start + batch_size]:
+            for s in test[start:start + load_size]:
                 x = _load(s, skipped, write)
                 if x is not None:
                     chunk.append((s, *x))
@@ -179,12 +184,14 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
                 t0 = time.perf_counter()
                 try:
                     reports = list(assistant.inspect_many([img for _, img, _ in chunk], refs, question=question,
-                                                          batch_size=len(chunk)))
+                                                          batch_size=min(len(chunk), batch_size), zero_shot=zero_shot))
                     latencies.append((time.perf_counter() - t0) / len(chunk))
                 except (ValueError, RuntimeError):  # an image the model cannot take: find it, keep the rest
-                    chunk, reports = _one_by_one(assistant, chunk, refs, question, skipped, write)
+                    if mode is not None and mode.needs_batch:
+                        raise  # the set is scored as a whole: one by one would be another method
+                    chunk, reports = _one_by_one(assistant, chunk, refs, question, skipped, write, zero_shot)
                 for (s, _, mask), rep in zip(chunk, reports):
-                    threshold, source = rep.threshold, rep.threshold_source
+                    threshold, source, run_mode = rep.threshold, rep.threshold_source, rep.mode
                     rows.append({"path": str(s.image_path), "label": int(s.label), "defect_type": s.defect_type,
                                  "score": float(rep.score), "anomalous": bool(rep.is_anomalous),
                                  "answer": rep.answer if question else None,
@@ -202,7 +209,7 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
                             mask = cv2.resize(mask.astype(np.uint8), (pw, ph), interpolation=cv2.INTER_NEAREST) > 0
                         maps.append(amap)
                         masks.append(mask.astype(bool))
-            bar.update(len(test[start:start + batch_size]))
+            bar.update(len(test[start:start + load_size]))
     finally:
         bar.close()
 
@@ -229,19 +236,21 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
         "n_pixel_images": len(masks), "n_references": n_refs,
         "references": [str(s.image_path) for s in references],
         "references_build_s": round(ref_s, 3), "threshold": round(float(threshold), 6), "threshold_source": source,
-        "latency_note": f"inspect_many wall time per image, batches of {batch_size}" + (
+        "latency_note": (f"inspect_many wall time per image, batches of {batch_size}" if load_size == batch_size
+                         else f"inspect_many wall time of the whole set of {len(rows)} / its size") + (
             ", answer included" if question else ", detector only"),
+        "mode": run_mode,
         "rows": rows,
     }
 
 
 def _one_by_one(assistant: Any, chunk: list[tuple[Sample, np.ndarray, np.ndarray]], refs: Any, question: str | None,
-                skipped: list[dict[str, str]], write: Any) -> tuple[list[Any], list[Any]]:
+                skipped: list[dict[str, str]], write: Any, zero_shot: str | None = None) -> tuple[list[Any], list[Any]]:
     """Inspect a failed batch image by image; the images that still fail are reported and skipped."""
     kept, reports = [], []
     for item in chunk:
         try:
-            reports.append(assistant.inspect(item[1], refs, question=question))
+            reports.append(assistant.inspect(item[1], refs, question=question, zero_shot=zero_shot))
             kept.append(item)
         except (ValueError, RuntimeError) as e:
             msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -330,13 +339,15 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]
 # ---------------------------------------------------------------------------- entry point
 def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, seeds: Sequence[int] = (0, 1, 2),
              out_dir: str | Path | None = None, answers: bool = True, max_images: int | None = None,
-             progress: bool = True, batch_size: int = 8) -> dict[str, Any]:
+             progress: bool = True, batch_size: int = 8, zero_shot: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset spec; returns the results dict (also written to
     ``out_dir/results.json`` with curves and per-run files when out_dir is given).
 
     ``shots``: 0 = decoder only, k = k train normals per seed, "all" = every train normal.
     ``answers``: also generate the answer to the main question and score its yes/no (slow:
     the LLM runs once per image). ``max_images``: a stratified subset per group, for quick looks.
+    ``zero_shot``: a training-free mode of ``anomalygpt.zeroshot.MODES`` ("self", "batch"); needs
+    shots=0 (no references) and uses only the checkpoint's frozen encoder, never its decoder.
     """
     from ..inspector import DEFAULT_QUESTION, AnomalyGPT
 
@@ -345,6 +356,7 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     seed_list: list[int | None] = [int(s) for s in seeds] if isinstance(shots, int) and shots > 0 else [None]
     if not seed_list:
         raise ValueError("seeds is empty; give at least one seed, e.g. 0,1,2")
+    zs = _zero_shot_settings(checkpoint, zero_shot, shots)
     groups = dataset_groups(dataset)
     for g in groups:
         if shots and not g.train_normals:
@@ -360,16 +372,17 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     results: dict[str, Any] = {
         "dataset": dataset, "checkpoint": str(checkpoint), "checkpoint_path": ckpt_id["path"], "shots": shots,
         "seeds": seed_list if seed_list != [None] else [], "answers": answers, "question": question,
-        "max_images": max_images, "pixel_side": PIXEL_SIDE, "groups": {},
+        "max_images": max_images, "pixel_side": PIXEL_SIDE, "zero_shot": zs or None, "groups": {},
     }
     for g in groups:
         test = stratified_subset(g.test, max_images)
         runs = []
         for i, seed in enumerate(seed_list):
-            tag = f"{g.name}_{'seed' + str(seed) if seed is not None else 'single'}"
+            tag = f"{g.name}_{'seed' + str(seed) if seed is not None else 'single'}" + (
+                f"_zs-{zs['mode']}" if zs else "")
             fingerprint = {"version": FORMAT_VERSION, "dataset": dataset, "group": g.name, "checkpoint": ckpt_id,
                            "shots": shots, "seed": seed, "question": question, "max_images": max_images,
-                           "batch_size": batch_size}
+                           "batch_size": batch_size} | ({"zero_shot": zs} if zs else {})
             run_file = out / RUNS_DIR / f"{_safe(tag)}.json" if out else None
             run = None
             if run_file is not None and run_file.is_file():
@@ -386,14 +399,17 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
                 refs = pick_references(g.train_normals, shots, seed)
                 skipped: list[dict[str, str]] = []
                 run = evaluate_run(assistant, test, refs, question, batch_size, progress,
-                                   desc=f"{g.name} {shots}-shot" + (f" seed {seed}" if seed is not None else ""),
-                                   skipped=skipped)
+                                   desc=f"{g.name} {shots}-shot" + (f" seed {seed}" if seed is not None else "")
+                                   + (f" zero-shot {zs['mode']}" if zs else ""),
+                                   skipped=skipped, zero_shot=zs["mode"] if zs else None)
                 run |= {"seed": seed, "skipped": skipped, "fingerprint": fingerprint}
                 if run_file is not None:
                     _atomic_json(run_file, run)
             runs.append(run)
         first = runs[0]
-        curves = save_curves(first["rows"], out, _safe(g.name), f"{g.name}, {shots}-shot") if out else {}
+        setting = f"zero-shot {zs['mode']}" if zs else f"{shots}-shot"
+        curves = save_curves(first["rows"], out, _safe(g.name + (f"_zs-{zs['mode']}" if zs else "")),
+                             f"{g.name}, {setting}") if out else {}
         skipped_all = {d["path"]: d for r in runs for d in r.get("skipped", [])}
         results["groups"][g.name] = {
             "n_test": len(test), "n_anomalous": sum(s.label for s in test), "n_train_normals": len(g.train_normals),
@@ -414,6 +430,23 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     return results
 
 
+def _zero_shot_settings(checkpoint: str | Path, zero_shot: str | None, shots: int | str) -> dict[str, Any]:
+    """{} for the trained modes; else the mode name and its settings (part of the run's
+    fingerprint, so a run made with other settings is not reused)."""
+    if not zero_shot:
+        return {}
+    from ..checkpoint import read_config
+    from ..config import to_dict
+    from ..inspector import resolve_checkpoint
+    from ..zeroshot import get_mode
+
+    mode = get_mode(zero_shot.strip().lower())
+    if shots != 0:
+        raise ValueError(f"zero-shot mode '{mode.name}' uses no references; use --shots 0")
+    cfg = read_config(resolve_checkpoint(checkpoint))
+    return {"mode": mode.name, "settings": to_dict(cfg.zero_shot) | {"mode": mode.name}}
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -424,7 +457,9 @@ def format_results(results: dict[str, Any]) -> str:
             ("pixel_auroc", "px AUROC"), ("pro", "PRO"), ("verdict_accuracy", "verdict"),
             ("answer_accuracy", "answer"), ("latency_ms_median", "ms/img")]
     head = f"{'group':<16}" + "".join(f"{h:>10}" for _, h in cols)
-    lines = [f"{results['dataset']}  shots={results['shots']}  seeds={results['seeds'] or '-'}", head]
+    zs = results.get("zero_shot")
+    lines = [f"{results['dataset']}  shots={results['shots']}  seeds={results['seeds'] or '-'}"
+             + (f"  zero-shot={zs['mode']}" if zs else ""), head]
     rows = list(results["groups"].items()) + [("MEAN", {"mean": results["mean_over_groups"]})]
     for name, g in rows:
         cells = []

@@ -1,0 +1,79 @@
+"""Batch zero-shot scoring (MuSc's idea): unlabeled images of one product score each other.
+
+Each patch of image i is compared with the patches of M OTHER images of the batch: per
+other image, the distance to its nearest patch there; the patch's score is the mean of the
+lowest `fraction` of those M distances. A normal patch finds twins in most other images; a
+defect finds none in normal images. Taking the lowest fraction instead of all M keeps the
+score robust to the defects other images carry: a patch resembling a crack in two other
+cracked cells still scores high, because the mean is over its closest matches only when
+they are many (fraction x M of them).
+
+Cost: all N x (N-1) image pairs are quadratic in N, so each image is compared with M other
+images only (M = `n_compare`, 100 by default). The pairs form a circulant graph over a
+seeded random permutation of the images: image at position k is paired with the positions
+k +- o for M/2 random offsets o. Every image gets exactly M partners, and each unordered
+pair's similarity matrix is computed ONCE and serves both images (the row maxima score the
+first, the column maxima the second): N x M / 2 patch-matrix products, linear in N.
+Pure torch, no I/O.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def partner_offsets(n: int, n_compare: int, seed: int = 0) -> list[int]:
+    """Distinct offsets o in 1..n//2 so that positions k +- o give every image about
+    `n_compare` partners (all n - 1 when n_compare >= n - 1)."""
+    if n < 2:
+        raise ValueError(f"batch zero-shot needs at least 2 images, got {n}")
+    half = n // 2
+    want = max(1, min(half, math.ceil(n_compare / 2)))
+    if want >= half:
+        return list(range(1, half + 1))
+    rng = np.random.default_rng(seed)
+    return sorted(int(o) + 1 for o in rng.choice(half, want, replace=False))
+
+
+def pair_list(n: int, n_compare: int, seed: int = 0) -> list[tuple[int, int]]:
+    """Unordered image pairs (i, j), each once: the circulant graph described above, over a
+    seeded permutation so partners are not neighbours in file order (a folder's order often
+    follows time or position on the line)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    pairs = set()
+    for o in partner_offsets(n, n_compare, seed):
+        for k in range(n):
+            a, b = int(perm[k]), int(perm[(k + o) % n])
+            if a != b:
+                pairs.add((min(a, b), max(a, b)))
+    return sorted(pairs)
+
+
+def mutual_scores(feats: torch.Tensor, n_compare: int = 100, fraction: float = 0.3, seed: int = 0,
+                  progress=None) -> torch.Tensor:
+    """Per-patch mutual score of each image (N x P), from L2-normalized patch features
+    (N x P x C) of N images of one product.
+
+    For each image the nearest-patch distance to each partner is collected (N lists of about
+    M distances per patch); the score is the mean of the lowest ceil(fraction x M).
+    `progress`: optional callable(n_done_pairs, n_pairs) for long batches.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n, p, _ = feats.shape
+    pairs = pair_list(n, n_compare, seed)
+    per_image: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for t, (i, j) in enumerate(pairs):
+        sim = feats[i] @ feats[j].t()            # P x P, computed once for both directions
+        per_image[i].append(1.0 - sim.amax(1))
+        per_image[j].append(1.0 - sim.amax(0))
+        if progress is not None and (t + 1) % 256 == 0:
+            progress(t + 1, len(pairs))
+    out = torch.empty(n, p, dtype=feats.dtype)
+    for i, dists in enumerate(per_image):
+        d = torch.stack(dists)                   # M_i x P
+        k = max(1, math.ceil(fraction * d.shape[0]))
+        out[i] = d.topk(k, dim=0, largest=False).values.mean(0)
+    return out

@@ -1,0 +1,41 @@
+"""Vision-guided zero-shot scoring from the query alone (FADE's idea): its own patches are
+the bank.
+
+A normal part repeats itself (cell texture, fingers, busbars, fabric, a screw thread), so a
+normal patch has a close twin elsewhere in the same image; a defect is rare within its
+image, so its nearest twin is far. The patch itself and its neighbours must be left out:
+with stride-8 features and a 3x3 local pool, adjacent patches share most of their receptive
+field and would always match (FADE takes the second nearest neighbour, i.e. a window of 0
+around the patch; `window` makes the excluded square a parameter: |dy|, |dx| <= window grid
+steps). Pure torch, no I/O.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def window_mask(h: int, w: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """(h*w) x (h*w) bool: True where two grid positions lie within `window` steps of each
+    other in both directions (the pairs a patch may not be matched with; the diagonal always)."""
+    if window < 0:
+        raise ValueError(f"window must be >= 0 grid steps, got {window}")
+    yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    yy, xx = yy.flatten(), xx.flatten()
+    return ((yy[:, None] - yy[None]).abs() <= window) & ((xx[:, None] - xx[None]).abs() <= window)
+
+
+def self_similarity_scores(feats: torch.Tensor, h: int, w: int, window: int = 2) -> torch.Tensor:
+    """Per-patch self-similarity anomaly score of each image.
+
+    feats: B x (h*w) x C, L2-normalized patch features on an h x w grid (row-major).
+    Returns B x 1 x h x w: 1 - max cosine similarity to any patch of the SAME image outside
+    the (2*window+1)^2 square around the patch, in 0..2. When the window covers the whole grid
+    no patch is left to compare with, which is an error rather than a silent zero map.
+    """
+    if feats.dim() != 3 or feats.shape[1] != h * w:
+        raise ValueError(f"feats must be B x (h*w) x C with h*w = {h * w}, got {tuple(feats.shape)}")
+    if 2 * window + 1 >= max(h, w):
+        raise ValueError(f"window {window} excludes the whole {h}x{w} grid; use a window under {(max(h, w) - 1) // 2}")
+    near = window_mask(h, w, window, feats.device)
+    sims = torch.einsum("bpc,bqc->bpq", feats, feats).masked_fill_(near, -2.0)
+    return (1.0 - sims.amax(-1)).view(-1, 1, h, w)

@@ -1,0 +1,100 @@
+"""Choose the zero-shot variants WITHOUT ELPV test labels: a dev set made of ELPV TRAIN
+normals of one type, 150 kept clean and the rest given simulated anomalies by data_sim
+(`synthesize(texture=True, mode="mix")`, the label measured by the simulator), about the
+test split's anomaly share (~70%). Prints image AUROC of each variant of the self-similarity
+and batch modes.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/zeroshot_dev.py [mono|poly] [--max N]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomalygpt.images import batch_tensor, load_image
+from anomalygpt.inspector import AnomalyGPT
+from anomalygpt.models.detector import gaussian_blur
+from anomalygpt.zeroshot.batch_mutual import mutual_scores
+from anomalygpt.zeroshot.features import average_maps, encoder_patches
+from anomalygpt.zeroshot.self_similarity import self_similarity_scores
+from data_sim.datasets import elpv_split
+from data_sim.nsa import synthesize
+
+N_CLEAN = 150
+
+
+def dev_set(kind: str, n_max: int) -> tuple[list[np.ndarray], np.ndarray]:
+    train = elpv_split(kind)["train"]
+    order = np.random.default_rng(1).permutation(len(train))[:n_max]
+    paths = [train[i].image_path for i in order]
+    images, labels = [], []
+    for k, p in enumerate(paths):
+        img = load_image(p)
+        if k >= N_CLEAN:
+            syn = synthesize(img, np.random.default_rng([7, k]), sources=paths[N_CLEAN:], texture=True, mode="mix")
+            img = syn.image
+            labels.append(syn.label)
+        else:
+            labels.append(0)
+        images.append(img)
+    return images, np.array(labels)
+
+
+def image_scores(amap: torch.Tensor) -> np.ndarray:
+    return gaussian_blur(amap, 4.0).flatten(1).amax(1).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", nargs="?", default="mono")
+    ap.add_argument("--max", type=int, default=500)
+    ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--sizes", default="192,224,256,288,320")
+    ap.add_argument("--windows", default="1,2,3,4")
+    ap.add_argument("--combos", default="224+288;192+256+320;224+256+288+320;256+320")
+    ap.add_argument("--batch", default="224:50:0.3;224:100:0.1;224:100:0.3;224:100:0.5;256:50:0.3;256:100:0.1;"
+                    "256:100:0.3;256:100:0.5", help="size:M:fraction;...")
+    args = ap.parse_args()
+    sizes = [int(v) for v in args.sizes.split(",")]
+    windows = [int(v) for v in args.windows.split(",")]
+    combos = [tuple(int(v) for v in c.split("+")) for c in args.combos.split(";") if c]
+    torch.set_num_threads(1)
+    enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
+    images, y = dev_set(args.kind, args.max)
+    print(f"dev set {args.kind}: {len(y)} images, {int(y.sum())} with simulated anomalies", flush=True)
+    x = batch_tensor(images, max(sizes))
+    feats = {}
+    for s in sizes:
+        t0 = time.perf_counter()
+        feats[s] = encoder_patches(enc, x, s)
+        print(f"encode {s}: {time.perf_counter() - t0:.1f}s grid {feats[s][1]}", flush=True)
+    out = (224, 224)
+    self_maps = {}
+    for s, wnd in itertools.product(feats, windows):
+        f, (h, w), _ = feats[s]
+        m = torch.cat([self_similarity_scores(f[i:i + 32], h, w, wnd) for i in range(0, len(f), 32)])
+        self_maps[s, wnd] = m
+        print(f"self size {s} window {wnd}: AUROC {roc_auc_score(y, image_scores(average_maps([m], out))):.3f}", flush=True)
+    for wnd in windows:
+        for scales in combos:
+            m = average_maps([self_maps[s, wnd] for s in scales], out)
+            print(f"self scales {scales} window {wnd}: AUROC {roc_auc_score(y, image_scores(m)):.3f}", flush=True)
+    if args.skip_batch:
+        return
+    for item in args.batch.split(";"):
+        s, m_cmp, frac = int(item.split(":")[0]), int(item.split(":")[1]), float(item.split(":")[2])
+        f, (h, w), _ = feats[s]
+        if True:
+            t0 = time.perf_counter()
+            sc = mutual_scores(f, m_cmp, frac).view(-1, 1, h, w)
+            print(f"batch size {s} M {m_cmp} frac {frac}: AUROC {roc_auc_score(y, image_scores(average_maps([sc], out))):.3f} "
+                  f"({time.perf_counter() - t0:.1f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

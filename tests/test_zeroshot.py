@@ -1,0 +1,268 @@
+"""Zero-shot modes: the maths on hand-made features (a planted defect, the excluded window,
+robustness to defects in other images, linear pair counts) and the plumbing through the
+API, the CLI and the eval harness on the tiny checkpoint (64 px, frozen Lite0 encoder)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from anomalygpt.zeroshot.batch_mutual import mutual_scores, pair_list
+from anomalygpt.zeroshot.self_similarity import self_similarity_scores, window_mask
+from anomalygpt.zeroshot.thresholds import most_normal, robust_z
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+H = W = 12
+
+
+def texture_feats(n: int = 1, period: int = 3, dim: int = 16, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """n x (H*W) x dim: a periodic texture (a patch's feature depends on (y, x) mod period)
+    plus a little noise, L2-normalized."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(period * period, dim, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    idx = ((yy % period) * period + xx % period).flatten()
+    f = protos[idx].expand(n, -1, -1) + noise * torch.randn(n, H * W, dim, generator=g)
+    return F.normalize(f, dim=-1)
+
+
+def plant(f: torch.Tensor, img: int, y: int, x: int, seed: int = 1) -> torch.Tensor:
+    f = f.clone()
+    g = torch.Generator().manual_seed(seed)
+    f[img, y * W + x] = F.normalize(torch.randn(f.shape[-1], generator=g), dim=-1)
+    return f
+
+
+# ---------------------------------------------------------------------------- self
+def test_planted_defect_scores_highest_in_self_similarity():
+    f = plant(texture_feats(), 0, 5, 7)
+    m = self_similarity_scores(f, H, W, window=1)
+    assert m.shape == (1, 1, H, W)
+    assert int(m.flatten().argmax()) == 5 * W + 7
+    normal = m.flatten()[torch.arange(H * W) != 5 * W + 7]
+    assert m.max() > 3 * normal.max()  # normal patches find a twin one period away
+
+
+def test_excluded_window_parameter():
+    """A texture whose only twins are ADJACENT patches (period 1 along x in pairs): with
+    window 0 a patch matches its neighbour; a window of 1 removes it, the score jumps."""
+    g = torch.Generator().manual_seed(0)
+    rows = F.normalize(torch.randn(H * W // 2, 256, generator=g), dim=-1)  # near-orthogonal
+    f = rows.repeat_interleave(2, dim=0).unsqueeze(0)  # patch (y, 2k) == patch (y, 2k+1), unique otherwise
+    w0 = self_similarity_scores(f, H, W, window=0)
+    w1 = self_similarity_scores(f, H, W, window=1)
+    assert w0.max() < 1e-5 and w1.min() > 0.5
+    mask = window_mask(H, W, 2)
+    assert mask.diagonal().all() and int(mask[0].sum()) == 9 and int(mask[5 * W + 5].sum()) == 25
+    with pytest.raises(ValueError, match="excludes the whole"):
+        self_similarity_scores(f, H, W, window=6)
+
+
+# ---------------------------------------------------------------------------- batch
+def test_batch_defect_scores_highest_and_is_robust_to_defects_in_other_images():
+    n = 20
+    f = texture_feats(n, noise=0.1)
+    g = torch.Generator().manual_seed(5)
+    crack = F.normalize(torch.randn(f.shape[-1], generator=g), dim=-1)
+    for i in (0, 1, 2):  # three images carry the SAME defect, at different places
+        f[i, (3 + i) * W + 4] = crack
+    s = mutual_scores(f, n_compare=n - 1, fraction=0.3)
+    assert s.shape == (n, H * W)
+    for i in (0, 1, 2):
+        assert int(s[i].argmax()) == (3 + i) * W + 4
+    # each defect patch matches the two others exactly, yet the lowest 30% of 19 distances
+    # (6 of them) average over at least 4 normal images: it stays far above every normal patch
+    normal_max = torch.cat([s[3:].flatten(), s[0][torch.arange(H * W) != 3 * W + 4]]).max()
+    assert s[0, 3 * W + 4] > 3 * normal_max
+    # with fraction so low that only the closest image counts, the shared defect hides
+    assert mutual_scores(f, n - 1, fraction=1 / 19)[0, 3 * W + 4] < 0.05
+
+
+def test_pairs_are_linear_in_batch_size_and_each_computed_once():
+    for n, m in ((50, 10), (201, 20), (7, 100)):
+        pairs = pair_list(n, m, seed=0)
+        assert len(pairs) == len(set(pairs)) and all(i < j for i, j in pairs)
+        partners = np.bincount(np.array(pairs).ravel(), minlength=n)
+        want = min(m, n - 1)
+        assert partners.min() >= want - 1 and partners.max() <= want + 1
+        assert len(pairs) <= n * (want + 1) / 2
+    assert pair_list(50, 10, seed=0) == pair_list(50, 10, seed=0) != pair_list(50, 10, seed=1)
+    with pytest.raises(ValueError, match="at least 2"):
+        pair_list(1, 5)
+
+
+def test_robust_statistics_and_most_normal():
+    med, spread = robust_z(np.array([1.0, 1.0, 1.0, 1.0, 100.0]))
+    assert med == 1.0 and spread == pytest.approx(1e-6)  # one outlier moves nothing
+    v = np.random.default_rng(0).normal(5, 2, 20000)
+    assert robust_z(v)[1] == pytest.approx(2, rel=0.05)
+    s = np.array([0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4, 0.6, 1.0])
+    assert most_normal(s, 0.2).tolist() == [1, 5, 3, 7]  # at least 4
+    assert most_normal(s, 0.5, maximum=3).tolist() == [1, 5, 3]
+    assert len(most_normal(s[:3], 0.2)) == 2  # never every image
+
+
+# ---------------------------------------------------------------------------- the real scorers
+def _textures(n: int, size: int = 64, defect: set[int] = frozenset(), seed: int = 0, hw=None) -> list[np.ndarray]:
+    """Striped plates; images in `defect` carry a dark blob."""
+    rng = np.random.default_rng(seed)
+    h, w = hw or (size, size)
+    yy, xx = np.mgrid[:h, :w]
+    out = []
+    for i in range(n):
+        base = 128 + 50 * np.sin(xx / 2.0) * np.sin(yy / 3.0) + rng.normal(0, 4, (h, w))
+        if i in defect:
+            cy, cx = rng.integers(16, min(h, w) - 16, 2)
+            base[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 10
+        out.append(np.clip(np.repeat(base[..., None], 3, 2), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    from anomalygpt.inspector import AnomalyGPT
+
+    return AnomalyGPT.from_pretrained(str(tiny_checkpoint), with_llm=True)
+
+
+def test_self_mode_multiscale_map_has_image_size_and_report_names_mode(tiny):
+    img = _textures(1, defect={0}, hw=(80, 112))[0]
+    tiny.cfg.zero_shot.scales = [1.0, 1.5]
+    try:
+        rep = tiny.inspect(img, zero_shot="self", question="Is there any anomaly in the image?")
+    finally:
+        tiny.cfg.zero_shot.scales = [1.0]
+    assert rep.anomaly_map.shape == (80, 112) and rep.mode == "zero-shot:self" and rep.n_references == 0
+    assert rep.to_dict()["mode"] == "zero-shot:self" and "[zero-shot:self]" in rep.summary()
+    assert rep.facts().startswith("Measured facts: anomaly score") and "zero-shot" not in rep.facts()
+    assert isinstance(rep.answer, str) and rep.answer  # the LLM answered from the same facts
+    assert np.isfinite(rep.score) and np.isfinite(rep.threshold)
+    if rep.is_anomalous:
+        assert rep.regions and rep.affected_cells
+
+
+def test_self_mode_puts_the_peak_on_the_planted_defect(tiny):
+    imgs = _textures(4, defect={0, 1, 2, 3}, seed=3)
+    for img, rep in zip(imgs, tiny.inspect_many(imgs, zero_shot="self", question=None)):
+        y, x = np.unravel_index(int(np.argmax(rep.anomaly_map)), rep.anomaly_map.shape)
+        dark = np.argwhere(img[..., 0] == 10)
+        assert np.abs(dark - [y, x]).sum(1).min() <= 8  # within one encoder stride of the blob
+
+
+def test_batch_mode_ranks_defective_images_first_and_keeps_order(tiny):
+    defect = {2, 7, 11}
+    imgs = _textures(16, defect=defect, seed=1)
+    reps = list(tiny.inspect_many(imgs, zero_shot="batch", question=None, batch_size=5))
+    assert len(reps) == 16 and all(r.mode == "zero-shot:batch" for r in reps)
+    scores = np.array([r.score for r in reps])
+    assert set(np.argsort(scores)[-3:].tolist()) == defect
+    assert len({r.threshold for r in reps}) == 1 and "16 images" in reps[0].threshold_source
+    with pytest.raises(ValueError, match="at least 2 images"):
+        tiny.inspect(imgs[0], zero_shot="batch")
+
+
+def test_mode_errors_and_registry_extension(tiny):
+    from anomalygpt import zeroshot
+    from anomalygpt.zeroshot.modes import ZeroShotMode, ZeroShotResult
+
+    img = _textures(1)[0]
+    with pytest.raises(ValueError, match="unknown zero-shot mode 'nope'; use one of: .*batch.*self"):
+        tiny.inspect(img, zero_shot="nope")
+    with pytest.raises(ValueError, match="uses no reference images"):
+        tiny.inspect(img, references=[img, img], zero_shot="self")
+
+    def flat(images, ctx):  # a new mode is one registry entry
+        n, s = len(images), ctx.map_size
+        amap = torch.zeros(n, 1, s, s)
+        return ZeroShotResult(amap, torch.zeros(n), np.full(n, 1.0), "fixed for the test", torch.zeros(n, 4))
+
+    zeroshot.register(ZeroShotMode("flat", flat, needs_batch=False, input_size=lambda cfg, s: s))
+    try:
+        rep = tiny.inspect(img, zero_shot="flat", question=None)
+        assert rep.mode == "zero-shot:flat" and rep.verdict == "normal" and rep.threshold_source == "fixed for the test"
+        tiny.cfg.zero_shot.mode = "flat"  # the config key chooses the mode when the call does not
+        assert tiny.inspect(img, question=None).mode == "zero-shot:flat"
+        assert tiny.inspect(img, question=None, zero_shot="").mode == "decoder"
+    finally:
+        tiny.cfg.zero_shot.mode = ""
+        del zeroshot.MODES["flat"]
+
+
+def test_config_validates_zero_shot_keys():
+    from anomalygpt.config import ConfigError, from_dict
+
+    assert from_dict({"zero_shot": {"mode": "batch", "fraction": 0.2}}).zero_shot.fraction == 0.2
+    for bad in ({"fraction": 0}, {"window": -1}, {"scales": []}, {"n_compare": 0}):
+        with pytest.raises(ConfigError, match="zero_shot"):
+            from_dict({"zero_shot": bad})
+
+
+def _save(folder, imgs):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(imgs):
+        paths.append(str(folder / f"{i:02d}.png"))
+        Image.fromarray(im).save(paths[-1])
+    return paths
+
+
+def test_cli_inspect_folder_zero_shot_batch_and_self(tmp_path, tiny_checkpoint, capsys):
+    from anomalygpt.cli import main
+
+    _save(tmp_path / "lot", _textures(6, defect={4}, seed=2))
+    (tmp_path / "lot" / "zz_broken.png").write_bytes(b"not an image")
+    code = main(["inspect", str(tmp_path / "lot"), "--zero-shot", "batch", "--no-answer",
+                 "--checkpoint", str(tiny_checkpoint), "--json"])
+    cap = capsys.readouterr()
+    reports = json.loads(cap.out)
+    assert code == 1 and "zz_broken.png" in cap.err  # the lot goes on past a bad file
+    assert len(reports) == 6 and all(r["mode"] == "zero-shot:batch" and r["n_references"] == 0 for r in reports)
+    assert max(reports, key=lambda r: r["score"])["source"].endswith("04.png")
+    assert main(["inspect", str(tmp_path / "lot" / "00.png"), "--zero-shot", "self", "--no-answer",
+                 "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert "[zero-shot:self]" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "lot" / "00.png"), "--zero-shot", "self", "--ref",
+                 str(tmp_path / "lot" / "01.png"), "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "uses no reference images" in capsys.readouterr().err
+
+
+def test_eval_zero_shot_prints_the_same_table(tmp_path, tiny_checkpoint, capsys):
+    from anomalygpt.cli import main
+
+    root = tmp_path / "data"
+    _save(root / "good", _textures(6, seed=4))
+    _save(root / "blob", _textures(3, defect={0, 1, 2}, seed=5))
+    for mode in ("batch", "self"):
+        assert main(["eval", "--dataset", f"folder:{root}", "--shots", "0", "--zero-shot", mode, "--no-answers",
+                     "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / mode)]) == 0
+        out = capsys.readouterr().out
+        assert f"zero-shot={mode}" in out and "img AUROC" in out and "verdict" in out
+        res = json.loads((tmp_path / mode / "results.json").read_text())
+        assert res["zero_shot"]["mode"] == mode and res["zero_shot"]["settings"]["mode"] == mode
+        run = res["groups"]["data"]["runs"][0]
+        assert run["mode"] == f"zero-shot:{mode}" and run["n_images"] == 9 and run["n_references"] == 0
+    assert main(["eval", "--dataset", f"folder:{root}", "--shots", "2", "--zero-shot", "self", "--no-answers",
+                 "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x")]) == 2
+    assert "--shots 0" in capsys.readouterr().err
+
+
+def test_set_threshold_splits_two_populations_and_keeps_one_whole():
+    from anomalygpt.zeroshot.modes import gumbel_k
+    from anomalygpt.zeroshot.thresholds import set_threshold
+
+    rng = np.random.default_rng(0)
+    for share in (0.05, 0.3, 0.7):  # a good lot, a bad lot, ELPV's 71% defective split
+        normal = rng.normal(0.20, 0.02, int(400 * (1 - share)))
+        bad = rng.normal(0.45, 0.06, int(400 * share))
+        thr, src = set_threshold(np.r_[normal, bad])
+        assert 0.24 < thr < 0.38 and "two-population" in src
+    normal = rng.normal(0.20, 0.02, 300)
+    thr, src = set_threshold(normal)
+    assert thr == pytest.approx(normal.mean() + normal.std()) and "one population" in src
+    with pytest.raises(ValueError, match="at least 8"):
+        set_threshold(normal[:5])
+    assert gumbel_k(28 * 28) == pytest.approx(4.16, abs=0.01) and gumbel_k(64) < gumbel_k(784)
