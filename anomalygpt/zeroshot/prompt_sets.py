@@ -53,7 +53,8 @@ DEFECT_WORDS = frozenset(
     "chipped malfunctioning bad wrong stain stained dirty contaminated burn burnt puncture punctured".split())
 NEGATIONS = frozenset({"no", "without", "free", "not", "never"})
 DANGLING = frozenset({"a", "an", "the", "of", "or", "and", "in", "on", "with", "to", "due", "but", "that",
-                      "which", "at", "by", "for", "from", "is", "its", "it's", "their", "one"})
+                      "which", "at", "by", "for", "from", "is", "its", "it's", "their", "one", "any", "some",
+                      "without", "no", "very", "more", "has", "have", "are"})
 
 
 @dataclass
@@ -88,6 +89,12 @@ def clean_phrase(text: str) -> str:
     return " ".join(words)
 
 
+def split_items(text: str) -> list[str]:
+    """The list items of one completion: its first line, split at ';' (the few-shot format).
+    The model often continues the list, so one sample can give several phrases."""
+    return [t for t in text.split("\n", 1)[0].split(";") if t.strip()]
+
+
 def _key(phrase: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", phrase.lower()).strip()
 
@@ -99,11 +106,12 @@ def _names_defect(phrase: str) -> bool:
 
 def filter_phrases(raw: list[str], object_name: str, normal: bool,
                    min_words: int = 2, max_words: int = 12) -> list[str]:
-    """Cleaned, valid, de-duplicated phrases in first-seen order. Valid: names the object,
+    """Cleaned, valid, de-duplicated phrases (every list item of every completion) in
+    first-seen order. Valid: names the object,
     2-12 words, letters only, and (for normal phrases) names no un-negated defect."""
     out, seen = [], set()
     obj = object_name.lower()
-    for r in raw:
+    for r in (item for text in raw for item in split_items(text)):
         p = clean_phrase(r)
         k = _key(p)
         n = len(p.split())
@@ -135,20 +143,27 @@ def generate_raw(llm: Any, tokenizer: Any, object_name: str, kind: str, starts: 
                  per_start: int = 8, max_new_tokens: int = 10, seed: int = 0) -> list[str]:
     """Sampled completions (start + continuation) of the few-shot list for one kind
     ('Good' or 'Defective'). Seeded, so a name always yields the same set."""
+    import inspect
+
     import torch
 
+    # transformers 5 renamed generate's cache keyword; both are accepted, the old one warns
+    cache_kw = "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
     out: list[str] = []
-    with torch.random.fork_rng(devices=[]):
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for start in starts:
             start = start.format(obj=object_name)
-            enc = tokenizer(FEW_SHOT.format(obj=object_name, kind=kind, start=start), return_tensors="pt")
-            with torch.no_grad():
-                seqs = llm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.9,
-                                    top_p=0.95, num_return_sequences=per_start,
-                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            n = enc["input_ids"].shape[1]
-            out += [start + tokenizer.decode(s[n:], skip_special_tokens=True) for s in seqs]
+            ids = tokenizer(FEW_SHOT.format(obj=object_name, kind=kind, start=start), return_tensors="pt")["input_ids"]
+            # the long few-shot prompt is run once and its KV cache copied per sample:
+            # prefill dominates the cost of these short completions on a CPU
+            cache = llm(ids[:, :-1], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(per_start)
+            batch = ids.expand(per_start, -1)
+            seqs = llm.generate(input_ids=batch, attention_mask=torch.ones_like(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=0.9, top_p=0.95,
+                                pad_token_id=pad, **{cache_kw: cache})
+            out += [start + tokenizer.decode(s[ids.shape[1]:], skip_special_tokens=True) for s in seqs]
     return out
 
 
