@@ -26,6 +26,7 @@ def test_clean_phrase_and_items():
     assert ps.clean_phrase(' "A bottle with a crack in the"  ') == "a bottle with a crack"
     assert ps.clean_phrase("2) a dented bottle, seen from above") == "a dented bottle"
     assert ps.clean_phrase("an intact bottle without any") == "an intact bottle"
+    assert ps.clean_phrase("a defective bottle that has been") == "a defective bottle"
     assert ps.split_items("a bottle with a leak; a broken bottle; a\nCapsule: junk") == [
         "a bottle with a leak", " a broken bottle", " a"]
 
@@ -35,6 +36,7 @@ def test_filter_keeps_valid_unique_phrases_of_the_object():
            "a capsule with a hole",            # not the object
            "a bottle with 3 holes",            # digits
            "a",                                # too short
+           "a bottle; the bottle",             # no state
            "a perfect bottle; a bottle with a scratch; a bottle with no scratch"]
     assert ps.filter_phrases(raw, "bottle", normal=False) == [
         "a bottle with a crack", "a perfect bottle", "a bottle with a scratch", "a bottle with no scratch"]

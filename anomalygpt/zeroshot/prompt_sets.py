@@ -54,7 +54,7 @@ DEFECT_WORDS = frozenset(
 NEGATIONS = frozenset({"no", "without", "free", "not", "never"})
 DANGLING = frozenset({"a", "an", "the", "of", "or", "and", "in", "on", "with", "to", "due", "but", "that",
                       "which", "at", "by", "for", "from", "is", "its", "it's", "their", "one", "any", "some",
-                      "without", "no", "very", "more", "has", "have", "are"})
+                      "without", "no", "very", "more", "has", "have", "are", "been", "being", "was", "were"})
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _names_defect(phrase: str) -> bool:
 def filter_phrases(raw: list[str], object_name: str, normal: bool,
                    min_words: int = 2, max_words: int = 12) -> list[str]:
     """Cleaned, valid, de-duplicated phrases (every list item of every completion) in
-    first-seen order. Valid: names the object,
+    first-seen order. Valid: names the object and more than the object (a state),
     2-12 words, letters only, and (for normal phrases) names no un-negated defect."""
     out, seen = [], set()
     obj = object_name.lower()
@@ -115,7 +115,8 @@ def filter_phrases(raw: list[str], object_name: str, normal: bool,
         p = clean_phrase(r)
         k = _key(p)
         n = len(p.split())
-        if (not k or k in seen or obj not in p or not min_words <= n <= max_words
+        bare = re.sub(r"^(a|an|the) ", "", p) == obj  # "a bottle" names no state
+        if (not k or k in seen or obj not in p or bare or not min_words <= n <= max_words
                 or re.search(r"[^a-z \-']", p) or (normal and _names_defect(p))):
             continue
         seen.add(k)
@@ -148,7 +149,7 @@ def generate_raw(llm: Any, tokenizer: Any, object_name: str, kind: str, starts: 
     import torch
 
     # transformers 5 renamed generate's cache keyword; both are accepted, the old one warns
-    cache_kw = "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
+    cache_kw = "cache" if "cache" in inspect.signature(type(llm).forward).parameters else "past_key_values"
     out: list[str] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.random.fork_rng(devices=[]), torch.no_grad():
