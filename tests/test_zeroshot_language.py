@@ -136,6 +136,7 @@ def test_multiscale_maps_have_the_image_size(tiny_clip):
     assert res.anomaly_map.shape == (50, 70) and res.crop is None and res.mode == "language"
     assert np.allclose(res.anomaly_map, np.mean(maps, axis=0), atol=1e-6)
     assert 0 < res.score < 1 and res.threshold == 0.5
+    assert np.isclose(res.score, zs.image_score(img), atol=1e-6)  # the shared 32-px pass gives the same score
 
 
 def test_score_follows_the_anchors(tiny_clip):

@@ -172,28 +172,38 @@ class LanguageZeroShot:
                               gem_iterations=self.gem_iterations)
 
     @torch.no_grad()
-    def maps_per_scale(self, image: np.ndarray) -> list[np.ndarray]:
-        """One H x W map per (size, feature): P(abnormal) per patch, upsampled bilinearly."""
+    def features_per_size(self, image: np.ndarray) -> dict[int, DenseFeatures]:
+        """One ViT pass per distinct size (classification and segmentation sizes overlap in
+        FADE's setting, 384: that pass is shared)."""
         x = self._pixels(image)
-        h, w = image.shape[:2]
+        return {s: self._features(x, s) for s in dict.fromkeys([*self.segmentation_sizes, self.classification_size])}
+
+    def maps_from(self, feats: dict[int, DenseFeatures], shape: tuple[int, int]) -> list[np.ndarray]:
+        """One H x W map per (segmentation size, feature): P(abnormal) per patch, upsampled
+        bilinearly to `shape`."""
         out = []
         for size in self.segmentation_sizes:
-            feats = self._features(x, size)
             for f in self.features:
-                tokens = feats.gem if f == "gem" else feats.patches
+                tokens = feats[size].gem if f == "gem" else feats[size].patches
                 p = abnormal_probability(tokens[0], self.anchors, self.logit_scale)  # gh x gw
-                up = F.interpolate(p[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+                up = F.interpolate(p[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
                 out.append(up.numpy().astype(np.float32))
         return out
 
+    def maps_per_scale(self, image: np.ndarray) -> list[np.ndarray]:
+        return self.maps_from(self.features_per_size(image), image.shape[:2])
+
+    def score_from(self, feats: dict[int, DenseFeatures]) -> float:
+        return float(abnormal_probability(feats[self.classification_size].global_emb[0], self.anchors, self.logit_scale))
+
     @torch.no_grad()
     def image_score(self, image: np.ndarray) -> float:
-        feats = self._features(self._pixels(image), self.classification_size)
-        return float(abnormal_probability(feats.global_emb[0], self.anchors, self.logit_scale))
+        return self.score_from({self.classification_size: self._features(self._pixels(image), self.classification_size)})
 
     def score_array(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """(H x W map averaged over scales and features, image score) for the whole array."""
-        return np.mean(self.maps_per_scale(image), axis=0).astype(np.float32), self.image_score(image)
+        feats = self.features_per_size(image)
+        return np.mean(self.maps_from(feats, image.shape[:2]), axis=0).astype(np.float32), self.score_from(feats)
 
     # ------------------------------------------------------------------ public call
     def __call__(self, image: np.ndarray, vision_map: np.ndarray | None = None, vision_weight: float = 0.5,

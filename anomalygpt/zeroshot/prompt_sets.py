@@ -159,7 +159,8 @@ def generate_raw(llm: Any, tokenizer: Any, object_name: str, kind: str, starts: 
             ids = tokenizer(FEW_SHOT.format(obj=object_name, kind=kind, start=start), return_tensors="pt")["input_ids"]
             # the long few-shot prompt is run once and its KV cache copied per sample:
             # prefill dominates the cost of these short completions on a CPU
-            cache = llm(ids[:, :-1], use_cache=True).past_key_values
+            prefill = llm(ids[:, :-1], use_cache=True)
+            cache = prefill["cache"] if "cache" in prefill else prefill["past_key_values"]
             cache.batch_repeat_interleave(per_start)
             batch = ids.expand(per_start, -1)
             seqs = llm.generate(input_ids=batch, attention_mask=torch.ones_like(batch), max_new_tokens=max_new_tokens, do_sample=True, temperature=0.9, top_p=0.95,
