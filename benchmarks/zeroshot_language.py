@@ -55,15 +55,17 @@ def main() -> None:
     test = elpv_split(args.kind)["test"]
     if args.max:
         test = test[: args.max // 2] + test[-(args.max - args.max // 2):]  # both classes
-    scores, labels, times = [], [], []
+    scores, labels, times, cpu = [], [], [], []
     for s in test:
         img = load_image(s.image_path)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         scores.append(zs(img).score)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         labels.append(s.label)
     print(f"{args.clip}/{args.pretrained} ELPV {args.kind}: {len(test)} test images, "
-          f"{np.median(times):.2f} s/image median on {torch.get_num_threads()} threads")
+          f"{np.median(times):.2f} s/image median wall, {np.median(cpu):.2f} CPU-s/image, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     if args.speed_only:
         return
     m = image_metrics(labels, scores)
