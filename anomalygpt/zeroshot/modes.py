@@ -217,3 +217,23 @@ register(ZeroShotMode("batch", score_batch, needs_batch=True,
                       input_size=lambda cfg, s: max([s, *scale_sizes(cfg.batch_scales, s)]),
                       description="unlabeled images of one product score each other (mutual scoring)",
                       min_images=2))
+
+
+def _score_language(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
+    from .language_mode import score_language  # cv2 + the CLIP scorer, only when the mode is used
+
+    return ZeroShotResult(**score_language(images, ctx))
+
+
+def _score_language_self(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
+    from .language_mode import score_language
+
+    return ZeroShotResult(**score_language(images, ctx, vision=score_self))
+
+
+register(ZeroShotMode("language", _score_language, needs_batch=False, input_size=lambda cfg, s: max(s, 512),
+                      description="CLIP: the image against LLM-written normal/abnormal descriptions of the object "
+                                  "(needs open_clip weights and --object)"))
+register(ZeroShotMode("language+self", _score_language_self, needs_batch=False,
+                      input_size=lambda cfg, s: max([s, 512, *scale_sizes(cfg.scales, s)]),
+                      description="the language map fused with the self-similarity map (FADE's combination)"))
