@@ -8,6 +8,8 @@ its results.json holds the headline metrics only. The verdict accuracy alone doe
 grades (label probability 1.0 and 2/3, the latter mostly thin cracks) behave very
 differently, so the docs report both from here. Nothing is re-run: this reads the rows.
 Means are over the seeds of a group, as `anomalygpt eval` averages its metrics.
+`oracle_threshold_accuracy` is the verdict accuracy of the best threshold picked with the
+test labels: it only says how far any threshold rule could get at this ranking.
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ def run_breakdown(rows: list[dict[str, Any]]) -> dict[str, float]:
         out["false_alarms"] = float(called[labels == 0].mean())
     if (labels == 1).any():
         out["misses"] = float((~called[labels == 1]).mean())
+    if (labels == 0).any() and (labels == 1).any():
+        # the accuracy of the best single threshold, chosen ON THE TEST LABELS: a diagnosis of
+        # how far any threshold rule could go at this ranking, never a threshold to use
+        order = np.sort(np.unique(scores))
+        cuts = np.concatenate([order, [order[-1] + 1.0]])
+        out["oracle_threshold_accuracy"] = float(max(((scores >= c) == (labels == 1)).mean() for c in cuts))
     kinds = np.array([r.get("defect_type") or "" for r in rows])
     for kind in sorted(set(kinds[labels == 1])):
         keep = (labels == 0) | (kinds == kind)

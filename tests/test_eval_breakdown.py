@@ -30,6 +30,8 @@ def test_rates_and_auroc_per_defect_type(tmp_path):
     assert res["auroc[p1]"] == pytest.approx(0.75)     # pairs (p1, normal): 4, of which 3 ranked right
     assert res["auroc[p067]"] == pytest.approx(0.25)
     assert res["runs"] == 1
+    # the best cut (score >= 0.2, or calling everything anomalous) gets 4 of 6 right
+    assert res["oracle_threshold_accuracy"] == pytest.approx(4 / 6)
 
 
 def test_means_over_seeds_per_group(tmp_path):
