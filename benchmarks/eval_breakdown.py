@@ -42,6 +42,12 @@ def run_breakdown(rows: list[dict[str, Any]]) -> dict[str, float]:
         order = np.sort(np.unique(scores))
         cuts = np.concatenate([order, [order[-1] + 1.0]])
         out["oracle_threshold_accuracy"] = float(max(((scores >= c) == (labels == 1)).mean() for c in cuts))
+    answered = [r for r in rows if r.get("answer") is not None]
+    if answered:  # a run with LLM answers: does the answer say what the verdict says?
+        from anomalygpt.evaluation.metrics import answer_says_anomalous
+
+        out["answer_agrees_with_verdict"] = float(np.mean(
+            [answer_says_anomalous(r["answer"]) == bool(r["anomalous"]) for r in answered]))
     kinds = np.array([r.get("defect_type") or "" for r in rows])
     for kind in sorted(set(kinds[labels == 1])):
         keep = (labels == 0) | (kinds == kind)

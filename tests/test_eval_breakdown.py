@@ -41,6 +41,16 @@ def test_means_over_seeds_per_group(tmp_path):
     assert res["false_alarms"] == pytest.approx(0.5) and res["misses"] == pytest.approx(0.5) and res["runs"] == 2
 
 
+def test_answer_agreement_with_verdict(tmp_path):
+    rows = [_row(0, "good", 0.1, False) | {"answer": "No, there are no anomalies in the image."},
+            _row(1, "d", 0.9, True) | {"answer": "Yes, there is an anomaly in the image, at the center."},
+            _row(1, "d", 0.8, True) | {"answer": "No, there are no anomalies in the image."}]
+    _write_run(tmp_path, "mono_seed0", "mono", rows)
+    assert eval_breakdown.breakdown(tmp_path)["mono"]["answer_agrees_with_verdict"] == pytest.approx(2 / 3)
+    _write_run(tmp_path, "mono_seed0", "mono", [_row(0, "good", 0.1, False), _row(1, "d", 0.9, True)])
+    assert "answer_agrees_with_verdict" not in eval_breakdown.breakdown(tmp_path)["mono"]   # --no-answers runs
+
+
 def test_missing_folder_is_one_error_line(tmp_path, capsys):
     assert eval_breakdown.main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
