@@ -78,6 +78,10 @@ def queue_question(question: str) -> None:
 
 
 # ---------------------------------------------------------------- sidebar
+# label -> zero_shot argument of AnomalyGPT.inspect ("" = the trained decoder, with references if given)
+MODES = {"Trained detector": "", "Zero-shot (no training, no good parts)": "self"}
+
+
 def image_inputs_key(inputs: dict) -> tuple:
     """What identifies the chosen images: an error about them is stale once this changes."""
     return (getattr(inputs["upload"], "file_id", None), str(inputs["sample"]) if inputs["sample"] else None,
@@ -106,6 +110,10 @@ def sidebar(checkpoint: str) -> dict:
                                      "the map and calibrate the verdict for this product.")
         object_name = st.text_input("Object name (optional)", key=f"object_{gen}", placeholder="e.g. solar cell",
                                     max_chars=60)
+        mode = st.selectbox("Mode", list(MODES), key=f"mode_{gen}",
+                            help="The trained detector works with or without good parts. The zero-shot mode "
+                                 "needs neither training on this product nor good parts: each patch is compared "
+                                 "with the rest of the same image.")
         chosen = upload.name if upload is not None else sample
         n_refs = len(refs or [])
         st.caption(f"Ready to inspect: {chosen}" + (f" with {n_refs} good part{'s' * (n_refs != 1)}" if n_refs else "")
@@ -116,7 +124,7 @@ def sidebar(checkpoint: str) -> dict:
         st.divider()
         st.caption(f"Model checkpoint: `{checkpoint}`")
     return {"upload": upload, "sample": samples.get(sample) if sample else None, "refs": refs or [],
-            "object_name": (object_name or "").strip() or None, "pressed": pressed}
+            "object_name": (object_name or "").strip() or None, "zero_shot": MODES[mode], "pressed": pressed}
 
 
 # ---------------------------------------------------------------- actions
@@ -134,6 +142,8 @@ def run_inspection(assistant, lock: threading.Lock, inputs: dict) -> None:
         else:
             raise InputError("no image yet: upload a photo of the part in the sidebar, or choose a bundled sample")
         refs = decode_references([(f.name, f.getvalue()) for f in inputs["refs"]]) or None
+        if refs and inputs["zero_shot"]:
+            raise InputError("the zero-shot mode uses no good parts: remove them, or choose the trained detector")
     except InputError as err:
         st.session_state.error = str(err)
         return
@@ -143,7 +153,8 @@ def run_inspection(assistant, lock: threading.Lock, inputs: dict) -> None:
         return
     try:
         with st.spinner("Inspecting… (detector, then the assistant's first answer)"), lock:
-            report = assistant.inspect(rgb, references=refs, object_name=inputs["object_name"], question=DEFAULT_QUESTION)
+            report = assistant.inspect(rgb, references=refs, object_name=inputs["object_name"], question=DEFAULT_QUESTION,
+                                       zero_shot=inputs["zero_shot"])
         report.source = name
         over = report_overlay(rgb, report)
     except Exception as err:  # noqa: BLE001
@@ -179,7 +190,7 @@ def show_result() -> None:
     m[1].metric("Threshold", f"{report.threshold:.3f}", help=f"Source: {report.threshold_source}")
     m[2].metric("Reference images", report.n_references)
     m[3].metric("Regions", n_regions)
-    st.caption(f"Threshold source: {report.threshold_source}. Score ≥ threshold means anomalous.")
+    st.caption(f"Mode: {report.mode}. Threshold source: {report.threshold_source}. Score ≥ threshold means anomalous.")
 
     left, middle, right = st.columns([1, 1, 1.3], gap="medium")
     with left:

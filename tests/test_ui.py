@@ -262,3 +262,17 @@ def test_embedded_answer_agrees_with_report(monkeypatch, sample):
     elif not report.is_anomalous:
         assert re.search(r"\bno (anomal|defect)|\bnormal\b|\bnothing\b", answer.lower()), answer
         assert not cells, f"answer {answer!r} names a position for a normal part"
+
+
+def test_zero_shot_mode_choice(monkeypatch, tiny_checkpoint):
+    """The sidebar's mode choice reaches the inspector; good parts with the zero-shot mode are one clear line."""
+    at = new_app(monkeypatch, tiny_checkpoint)
+    assert at.sidebar.selectbox(key="mode_0").options == ["Trained detector", "Zero-shot (no training, no good parts)"]
+    at.sidebar.selectbox(key="mode_0").set_value("Zero-shot (no training, no good parts)").run()
+    inspect_sample(at, "defect")
+    assert_clean(at)
+    assert at.session_state.report.mode == "zero-shot:self" and at.session_state.report.n_references == 0
+    assert any("Mode: zero-shot:self" in c.value for c in at.caption)
+    at.sidebar.radio[0].set_value("Upload a photo").run()
+    upload(at, "part.png", asset_bytes("elpv_defect.png"), refs=[("good.png", asset_bytes("elpv_normal_ref1.png"))])
+    assert any("zero-shot mode uses no good parts" in e.value for e in at.error)
