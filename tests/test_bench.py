@@ -62,6 +62,17 @@ def test_run_measured_reports_exit_code_rss_and_json() -> None:
     assert ok["returncode"] == 0 and ok["json"] == {"n": 50 * 2**20} and ok["peak_rss_mb"] > 50
     bad = bench.run_measured([sys.executable, "-c", "import sys; sys.exit('boom')"])
     assert bad["returncode"] == 1 and bad["json"] is None and "boom" in bad["stderr_tail"]
+    assert ok["parent_rss_mb"] > 0  # this process's size at the spawn, which the child's peak starts from
+
+
+def test_inspect_rss_refuses_a_parent_larger_than_the_child(monkeypatch) -> None:
+    """Linux starts a child's peak RSS at its parent's size: a measurement from a larger
+    parent would report the parent, so it is refused with the reason."""
+    fake = {"returncode": 0, "peak_rss_mb": 900.0, "parent_rss_mb": 900.0, "wall_s": 1.0, "stderr_tail": ""}
+    monkeypatch.setattr(bench, "run_measured", lambda cmd, timeout=900: fake)
+    assert "not smaller than the child" in bench.measure_inspect_rss()["error"]
+    monkeypatch.setattr(bench, "run_measured", lambda cmd, timeout=900: {**fake, "parent_rss_mb": 300.0})
+    assert bench.measure_inspect_rss()["peak_rss_mb"] == 900.0
 
 
 def test_chat_check_timing_on_tiny(tiny_assistant) -> None:

@@ -163,14 +163,29 @@ def measure_chat_check(assistant: Any, repeats: int = 5) -> dict[str, Any]:
             "answers_timed": len(times), "classifier_fit_s": fit_s}
 
 
+def _own_rss_mb() -> float | None:
+    """This process's resident size now (Linux /proc), or None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900.0) -> dict[str, Any]:
-    """Run a command; wall time, exit code, peak RSS of exactly that child (os.wait4's rusage,
-    so earlier children of this process cannot leak into the number) and the last JSON
-    line it printed."""
+    """Run a command; wall time, exit code, peak RSS of that child (os.wait4's rusage, so
+    earlier children of this process cannot leak into the number) and the last JSON line it
+    printed. Linux starts a child's ru_maxrss at its parent's resident size when it forks
+    (and keeps it across exec), so the peak is only the child's own when this process is
+    smaller than the child: `parent_rss_mb` (this process's size at the spawn) says whether
+    it was. A 3 GB parent made a 1.7 GB `anomalygpt inspect` read 3.3 GB."""
     full_env = os.environ.copy()
     full_env.update(env or {})
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        parent_rss_mb = _own_rss_mb()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=full_env, cwd=str(ROOT))
         timer = threading.Timer(timeout, proc.kill)
@@ -193,6 +208,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: flo
             except ValueError:
                 continue
     return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+            "parent_rss_mb": parent_rss_mb,
             "json": parsed, "stderr_tail": "\n".join(stderr.strip().splitlines()[-5:]),
             "timed_out": wall >= timeout}
 
@@ -285,7 +301,11 @@ def measure_inspect_rss(checkpoint: str = "embedded", image: str | Path | None =
     r = run_measured(cmd, timeout=900)
     if r["returncode"] != 0:
         return {"error": f"{how} failed (exit {r['returncode']}): {r['stderr_tail'][-400:]}"}
-    return {"peak_rss_gb": r["peak_rss_mb"] / 1024, "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"], "command": how}
+    if r["parent_rss_mb"] is not None and r["parent_rss_mb"] >= r["peak_rss_mb"]:
+        return {"error": f"the measuring process ({r['parent_rss_mb']:.0f} MB) was not smaller than the child, whose "
+                         "peak then reads as the parent's size (see run_measured); measure before loading models"}
+    return {"peak_rss_gb": r["peak_rss_mb"] / 1024, "peak_rss_mb": r["peak_rss_mb"], "wall_s": r["wall_s"],
+            "parent_rss_mb": r["parent_rss_mb"], "command": how}
 
 
 def measure_train_step(checkpoint: str = "embedded", steps: int = 3) -> dict[str, Any]:
@@ -346,6 +366,8 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     reps = 3 if quick else max(1, repeats)
     sub_reps = 1 if quick else 3
     m: dict[str, Any] = {}
+    # first, while this process is small: a child's peak RSS starts at its parent's size (run_measured)
+    m["inspect_rss"] = _guard(lambda: measure_inspect_rss(checkpoint))
     assistant = AnomalyGPT.from_pretrained(checkpoint, with_llm=True)
     m["detector_batch1"] = _guard(lambda: measure_detector_throughput(assistant, 1, max(reps, 5)))
     m["detector_batch16"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4)))
@@ -362,7 +384,6 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     m["llm_load_warm"] = _guard(lambda: measure_llm_load(cold=False, repeats=sub_reps))
     m["llm_load_cold"] = {"skipped": "quick mode"} if quick else _guard(lambda: measure_llm_load(cold=True))
     m["assistant_load_warm"] = _guard(lambda: measure_assistant_load(checkpoint, sub_reps))
-    m["inspect_rss"] = _guard(lambda: measure_inspect_rss(checkpoint))
     m["train_step"] = {"skipped": "quick mode"} if quick else _guard(lambda: measure_train_step(checkpoint))
 
     def val(key: str, field: str) -> float | None:
