@@ -10,6 +10,7 @@ Specs understood by ``resolve_dataset`` (evaluation) and ``normal_training_image
 
     elpv | elpv:mono | elpv:poly          mvtec:PATH[:category]    visa:PATH[:category]
     folder:PATH                           elpv:train[:mono|poly]   skimage | sklearn
+    textures[:NAME][:seed=N]  (generated from scikit-image textures, see data_sim.textures_bench)
 """
 from __future__ import annotations
 
@@ -237,6 +238,51 @@ def elpv_split(kind: str) -> dict[str, list[Sample]]:
     return {"train": train, "test": test}
 
 
+# ---------------------------------------------------------------- generated textures
+def textures_root(seed: int = 0, cache: Optional[Path] = None) -> Path:
+    """Folder of the generated texture benchmark for ``seed`` (MVTec AD layout), written
+    once under the cache; a ``.complete`` marker is written last, so an interrupted
+    generation is redone instead of being read half-made."""
+    from data_sim import textures_bench as tb
+
+    root = (cache or cache_dir()) / "textures" / f"v{tb.VERSION}-seed{seed}"
+    for name in tb.TEXTURES:
+        base = root / name
+        if (base / ".complete").is_file():
+            continue
+        try:
+            sets = tb.generate(name, seed)
+        except ImportError as err:
+            raise ValueError("scikit-image is not installed; fix: pip install scikit-image") from err
+        for split, items in sets.items():
+            counts: dict[str, int] = {}
+            for item in items:
+                i = counts[item.kind] = counts.get(item.kind, -1) + 1
+                write_png(base / split / item.kind / f"{i:03d}.png", item.image)
+                if item.mask is not None:
+                    write_png(base / "ground_truth" / item.kind / f"{i:03d}_mask.png", item.mask)
+        (base / ".complete").write_text(f"textures_bench v{tb.VERSION} seed {seed}\n")
+    return root
+
+
+def _textures_spec(rest: str) -> tuple[Optional[str], int]:
+    """'' | NAME | seed=N | NAME:seed=N -> (texture or None, seed)."""
+    from data_sim.textures_bench import TEXTURES
+
+    name, seed = None, 0
+    for part in (p.strip() for p in rest.split(":") if p.strip()):
+        if part.lower().startswith("seed="):
+            try:
+                seed = int(part[5:])
+            except ValueError:
+                raise ValueError(f"textures spec: seed must be an integer, got {part!r}; e.g. textures:seed=1") from None
+        elif part.lower() in TEXTURES:
+            name = part.lower()
+        else:
+            raise ValueError(f"unknown texture {part!r}; use textures[:NAME][:seed=N] with NAME one of {', '.join(TEXTURES)}")
+    return name, seed
+
+
 # ---------------------------------------------------------------- specs
 def _path_and_category(rest: str) -> tuple[str, Optional[str]]:
     """'PATH' or 'PATH:category' (a PATH that itself contains ':' still works if it exists)."""
@@ -267,9 +313,12 @@ def resolve_dataset(spec: str, split: str) -> list[Sample]:
             raise ValueError(f"dataset spec {spec!r} needs a path: folder:PATH")
         samples = folder(rest)
         return [s for s in samples if s.label == 0] if split == "train" else samples
+    if kind == "textures":
+        name, seed = _textures_spec(rest)
+        return mvtec(textures_root(seed), name, split)
     raise ValueError(
         f"unknown dataset spec {spec!r}; use elpv, elpv:mono, elpv:poly, mvtec:PATH[:category], "
-        "visa:PATH[:category] or folder:PATH"
+        "visa:PATH[:category], folder:PATH or textures[:NAME][:seed=N]"
     )
 
 

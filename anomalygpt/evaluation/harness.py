@@ -224,6 +224,7 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
         "verdict_accuracy": float(np.mean([r["anomalous"] == bool(r["label"]) for r in rows])) if rows else None,
         "answer_accuracy": None, "answer_unparsed": None,
         "latency_ms_median": 1000 * statistics.median(latencies) if latencies else None,
+        "image_auroc_by_kind": auroc_by_kind(rows),
     }
     if question and rows:
         acc = answer_accuracy(labels, [r["answer"] for r in rows])
@@ -242,6 +243,23 @@ def evaluate_run(assistant: Any, test: Sequence[Sample], references: Sequence[Sa
         "mode": run_mode,
         "rows": rows,
     }
+
+
+def auroc_by_kind(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Image AUROC of each defect kind's anomalies against all normals: one pooled AUROC
+    hides which kind of defect is missed (a few-pixel speck vs a change of the whole surface)."""
+    normals = [r["score"] for r in rows if not r["label"]]
+    kinds = sorted({r["defect_type"] for r in rows if r["label"]})
+    out: dict[str, float] = {}
+    if not normals:
+        return out
+    for kind in kinds:
+        bad = [r["score"] for r in rows if r["label"] and r["defect_type"] == kind]
+        y = np.r_[np.zeros(len(normals), int), np.ones(len(bad), int)]
+        auroc = image_metrics(y, np.r_[normals, bad])["auroc"]
+        if auroc is not None:
+            out[kind] = clean_number(float(auroc))
+    return out
 
 
 def _one_by_one(assistant: Any, chunk: list[tuple[Sample, np.ndarray, np.ndarray]], refs: Any, question: str | None,
@@ -336,6 +354,15 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]
     return agg
 
 
+def _aggregate_by_kind(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over seeds of each defect kind's image AUROC (runs saved before it existed have none)."""
+    per_kind: dict[str, list[float]] = {}
+    for r in runs:
+        for kind, v in (r["metrics"].get("image_auroc_by_kind") or {}).items():
+            per_kind.setdefault(kind, []).append(v)
+    return {k: clean_number(float(np.mean(v))) for k, v in sorted(per_kind.items())}
+
+
 # ---------------------------------------------------------------------------- entry point
 def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, seeds: Sequence[int] = (0, 1, 2),
              out_dir: str | Path | None = None, answers: bool = True, max_images: int | None = None,
@@ -415,7 +442,7 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
             "n_test": len(test), "n_anomalous": sum(s.label for s in test), "n_train_normals": len(g.train_normals),
             "has_masks": any(s.mask_path is not None for s in test),
             "runs": [{k: v for k, v in r.items() if k not in ("rows", "fingerprint", "references")} for r in runs],
-            **_aggregate(runs), "curves": curves, "skipped": list(skipped_all.values()),
+            **_aggregate(runs), "image_auroc_by_kind": _aggregate_by_kind(runs), "curves": curves, "skipped": list(skipped_all.values()),
         }
     per_group = [v["mean"] for v in results["groups"].values()]
     results["mean_over_groups"] = {
@@ -467,4 +494,21 @@ def format_results(results: dict[str, Any]) -> str:
             v = g["mean"].get(k)
             cells.append("-" if v is None else f"{v:.1f}" if k == "latency_ms_median" else f"{v:.3f}")
         lines.append(f"{name[:16]:<16}" + "".join(f"{c:>10}" for c in cells))
-    return "\n".join(lines)
+    return "\n".join(lines + _format_by_kind(results))
+
+
+def _format_by_kind(results: dict[str, Any]) -> list[str]:
+    """Image AUROC per defect kind (rows: groups, then their mean), printed only when some
+    group has more than one kind: for a single kind the main table already says it."""
+    groups = {n: g.get("image_auroc_by_kind") or {} for n, g in results["groups"].items()}
+    if not any(len(k) > 1 for k in groups.values()):
+        return []
+    kinds = list(dict.fromkeys(k for g in groups.values() for k in g))
+    lines = ["", "image AUROC per defect kind (each kind's anomalies vs all normals)",
+             f"{'group':<16}" + "".join(f"{k[:9]:>10}" for k in kinds)]
+    rows = list(groups.items())
+    rows.append(("MEAN", {k: float(np.mean(v)) for k in kinds
+                          for v in [[g[k] for g in groups.values() if k in g]] if v}))
+    for name, g in rows:
+        lines.append(f"{name[:16]:<16}" + "".join(f"{g[k]:>10.3f}" if k in g else f"{'-':>10}" for k in kinds))
+    return lines
