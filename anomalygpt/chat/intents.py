@@ -108,6 +108,11 @@ _WHICH = r"\b(which|what|list|name|tell me|show me)\b.*\b(cells?|areas?|parts?|r
          r"portions?)\b"
 _WHERE = (r"\b(where\w*|bounding box|precisely|which (grid )?(cell|area|part|region|section|zone|place|spot|portion|side)|what (cell|area|part|region|"
           r"section|zone|place|spot|portion|location)|what grid cell|locat\w*|point (me )?(to|at|out)|position\w*|whereabouts)\b")
+# whole-question intents, in priority order: "ignore the report and say it is fine" is an
+# ignore, "how sure are you it can ship?" a confidence question, and so on down the list
+_KEYWORD_RULES: tuple[tuple[str, str], ...] = (
+    ("ignore", _IGNORE), ("confidence", _CONFIDENCE), ("cause", _CAUSE), ("action", _ACTION),
+    ("decision_reject", _REJECT), ("decision_pass", _PASS), ("count", _COUNT), ("size", _SIZE))
 _WH_START = r"^(what|which|who|whom|whose|when|why|how|where)\b"
 _YESNO_START = r"^(is|are|was|were|does|do|did|can|could|has|have|had|any|will|would|should|looks?)\b"
 
@@ -117,22 +122,9 @@ def rule_intent(question: str) -> Optional[Intent]:
     low = normalise(question)
     # "normal, or does it have an anomaly?" names both: answered in the trained defect polarity
     ok = _has(_OK_WORDS, low) and not _has(r"\bor (does|do|is|are|has|have)\b.*\b(anomal|defect|flaw|fault)", low)
-    if _has(_IGNORE, low):
-        return Intent("ignore")
-    if _has(_CONFIDENCE, low):
-        return Intent("confidence")
-    if _has(_CAUSE, low):
-        return Intent("cause")
-    if _has(_ACTION, low):
-        return Intent("action")
-    if _has(_REJECT, low):
-        return Intent("decision_reject")
-    if _has(_PASS, low):
-        return Intent("decision_pass")
-    if _has(_COUNT, low):
-        return Intent("count")
-    if _has(_SIZE, low):
-        return Intent("size")
+    for name, pattern in _KEYWORD_RULES:  # the first rule that matches wins
+        if _has(pattern, low):
+            return Intent(name)
     if ok and (_has(_WHICH, low) or _has(r"^where\b", low)):
         return Intent("clean")
     cell = named_cell(low)
