@@ -16,12 +16,12 @@ File format (JSON): {"object": str, "normal": [phrase], "abnormal": [phrase],
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from data_sim.imageio import write_text
 
 # WinCLIP-style templates; the phrase carries its article ("a bottle with a crack")
 TEMPLATES: tuple[str, ...] = (
@@ -202,17 +202,7 @@ def default_path(object_name: str) -> Path:
 
 def save(prompts: PromptSet, path: Path) -> None:
     """Atomic write (temp file in the same folder + rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(prompts.to_json(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(prompts.to_json(), indent=2) + "\n")
 
 
 def load(path: Path) -> PromptSet:

@@ -51,7 +51,9 @@ def set_threshold(scores: np.ndarray) -> tuple[float, str]:
     one = GaussianMixture(1, random_state=0).fit(x)
     two = GaussianMixture(2, random_state=0, n_init=3).fit(x)
     if one.bic(x) <= two.bic(x):
-        return float(s.mean() + s.std()), f"mean + 1 std of the {len(s)} images (one population)"
+        from ..calibrate import threshold_rule  # the one rule for normal scores
+
+        return threshold_rule(s)[0], f"mean + 1 std of the {len(s)} images (one population)"
     lo, hi = np.sort(two.means_.ravel())
     grid = np.linspace(lo, hi, 512).reshape(-1, 1)
     upper = int(np.argmax(two.means_.ravel()))
