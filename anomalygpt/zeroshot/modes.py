@@ -62,6 +62,9 @@ class ZeroShotMode:
     input_size: Callable[[ZeroShotConfig, int], int]  # (settings, detector size) -> px the scorer wants
     description: str = ""
     min_images: int = 1            # batch mode compares images: it needs two
+    # the scorer gets each image padded to a square (images.letterbox) instead of squashed,
+    # and its maps are cropped back to the image before resizing (the language modes: CLIP)
+    keep_aspect: bool = False
 
 
 MODES: dict[str, ZeroShotMode] = {}
@@ -245,8 +248,9 @@ def _score_language_self(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShot
 
 
 register(ZeroShotMode("language", _score_language, needs_batch=False, input_size=lambda cfg, s: max(s, 512),
+                      keep_aspect=True,
                       description="CLIP: the image against LLM-written normal/abnormal descriptions of the object "
                                   "(needs open_clip weights and --object)"))
 register(ZeroShotMode("language+self", _score_language_self, needs_batch=False,
-                      input_size=lambda cfg, s: max([s, 512, *scale_sizes(cfg.scales, s)]),
+                      input_size=lambda cfg, s: max([s, 512, *scale_sizes(cfg.scales, s)]), keep_aspect=True,
                       description="the language map fused with the self-similarity map (FADE's combination)"))
