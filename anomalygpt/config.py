@@ -153,6 +153,11 @@ class ZeroShotConfig:
     # (rounded to 16 px), so one setting fits the 64 px test model and the 224 px encoder
     window: int = 6
     scales: list[float] = field(default_factory=lambda: [1.0])
+    # self: aggregation degrees (local pool sizes) of the patch features, one map each,
+    # averaged (MuSc's r = 1, 3, 5). Dev AUROC mono / poly (window 6, 224 px; benchmarks/
+    # zeroshot_dev_variants.py): pool 1 0.967/0.909, 3 0.964/0.905, 5 0.951/0.857, 1+3+5
+    # 0.970/0.898, 3+5 0.964/0.886; taken: the best mean, pool 1 (0.938 vs 0.935 for 3)
+    pools: list[int] = field(default_factory=lambda: [1])
     # batch: each image is compared with n_compare other images; a patch's score is the mean
     # of its lowest `fraction` of per-image nearest-neighbour distances
     n_compare: int = 100
@@ -163,6 +168,24 @@ class ZeroShotConfig:
     second_pass: bool = False
     ref_fraction: float = 0.2
     max_refs: int = 64
+    # batch options that did NOT help on the dev sets (AUROC at 50 partners, pool 3 = 0.960
+    # mono / 0.908 poly): a patch also matched against each partner turned by 90 degrees
+    # (mono 0.957, 3x the pair cost; ELPV cells are mostly upright), re-scoring each image with
+    # its rescore_k nearest images in global-feature space (MuSc's RsCIN idea; mono k=3/5/10/20:
+    # 0.943/0.940/0.934/0.930), pools 1 / 5 / 1+3+5 (mono 0.954/0.949/0.958, poly 0.888/0.891/0.898)
+    batch_rot90: bool = False
+    rescore_k: int = 0
+    # verdict threshold of a set (>= 8 images, both modes; zeroshot/thresholds.set_threshold):
+    # "gmm" = a two-component mixture on log scores, split at the components' posterior
+    # crossing (one component by BIC: mean + 1 std); "lower" = the lower component's mean +
+    # set_k std (one component: median + set_k robust std); "mode" = the densest mode_fraction
+    # of the log scores + set_k x the spread below it. Mean verdict accuracy over defect shares
+    # 0/10/30/50/70% (benchmarks/zeroshot_threshold_dev.py), self mono / self poly / batch mono
+    # dev scores: gmm 0.887/0.646/0.898 (mean 0.810), lower k=2 0.910/0.648/0.804 (0.787; best
+    # on clean sets: 0.967/0.700/0.973 against 0.847/0.325/0.847), lower k=1.5 0.900/0.640/0.884
+    set_rule: str = "gmm"
+    set_k: float = 2.0
+    mode_fraction: float = 0.2
 
 
 @dataclass
@@ -204,6 +227,12 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "zero_shot.fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     "zero_shot.ref_fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     "zero_shot.max_refs": (lambda v: v >= 2, "an integer >= 2"),
+    "zero_shot.pools": (lambda v: len(v) >= 1 and all(x >= 1 and x % 2 == 1 for x in v),
+                        "a non-empty list of odd pool sizes, e.g. [1] or [1, 3, 5]"),
+    "zero_shot.set_rule": (lambda v: v in ("lower", "gmm", "mode"), "one of lower, gmm, mode"),
+    "zero_shot.set_k": (lambda v: v > 0, "a positive number of standard deviations"),
+    "zero_shot.mode_fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "zero_shot.rescore_k": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "train.steps": (lambda v: v >= 1, "a positive integer"),
     "train.batch_size": (lambda v: v >= 1, "a positive integer"),
     "train.grad_accum": (lambda v: v >= 1, "a positive integer"),

@@ -34,6 +34,31 @@ def batch_tensor(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     return torch.stack([to_tensor(im, size) for im in images])
 
 
+Box = tuple[float, float, float, float]  # top, left, height, width as fractions of a square's side
+
+
+def letterbox(rgb: np.ndarray) -> tuple[np.ndarray, Box]:
+    """Pad an image to a square with its own edge pixels (replicated), so that the square
+    resize of `batch_tensor` keeps its proportions: a scorer that compares the image with
+    text or with what it learned on square crops of real proportions (CLIP) sees a round
+    blob round. Returns (square, content box as fractions of the side)."""
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    sq = cv2.copyMakeBorder(rgb, top, side - h - top, left, side - w - left, cv2.BORDER_REPLICATE)
+    return sq, (top / side, left / side, h / side, w / side)
+
+
+def crop_to_content(square_map: np.ndarray, box: Box) -> np.ndarray:
+    """The part of a square map (any size) that covers the letterboxed image's content (at
+    least one cell each way), ready for `resize_map` to the image's own size."""
+    sh, sw = square_map.shape[:2]
+    top, left, h, w = box
+    y0, x0 = min(int(round(top * sh)), sh - 1), min(int(round(left * sw)), sw - 1)
+    y1, x1 = max(y0 + 1, int(round((top + h) * sh))), max(x0 + 1, int(round((left + w) * sw)))
+    return square_map[y0:y1, x0:x1]
+
+
 def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(amap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint as model_io
 from .calibrate import threshold_rule
 from .models.detector import gaussian_blur
-from .images import ImageLike, batch_tensor, load_image, resize_map
+from .images import ImageLike, batch_tensor, crop_to_content, letterbox, load_image, resize_map
 from .models.memory_bank import MemoryBank
 from .chat.answer import ChatAnswer, finish, plan, record
 from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix
@@ -237,9 +237,16 @@ class AnomalyGPT:
     def _zero_shot_scores(self, batch: list[tuple[np.ndarray, str | None]], mode: ZeroShotMode,
                           object_name: str | None) -> ZeroShotResult:
         size = self.detector.image_size
-        x = batch_tensor([b[0] for b in batch], mode.input_size(self.cfg.zero_shot, size))
+        images = [b[0] for b in batch]
+        boxes = None
+        if mode.keep_aspect:  # padded, not squashed; the maps are cropped back in _zero_shot_reports
+            images, boxes = map(list, zip(*(letterbox(im) for im in images)))
+        x = batch_tensor(images, mode.input_size(self.cfg.zero_shot, size))
         ctx = ZeroShotContext(self.detector.encoder, self.cfg.zero_shot, size, self.detector.smooth_sigma, object_name)
-        return mode.scorer(x, ctx)
+        res = mode.scorer(x, ctx)
+        if boxes is not None:
+            res.info["content_boxes"] = boxes
+        return res
 
     def _zero_shot_reports(self, batch: list[tuple[np.ndarray, str | None]], res: ZeroShotResult, sl: slice,
                            mode: ZeroShotMode, object_name: str | None, question: str | None) -> list[InspectionReport]:
@@ -247,9 +254,11 @@ class AnomalyGPT:
         smooth = gaussian_blur(amaps, self.detector.smooth_sigma)
         scores, thresholds, glob = res.scores[sl], res.thresholds[sl], res.global_emb[sl]
         reports = []
+        boxes = res.info.get("content_boxes")
         for i, (rgb, name) in enumerate(batch):
             h, w = rgb.shape[:2]
-            amap = resize_map(smooth[i, 0].numpy(), h, w)
+            square = smooth[i, 0].numpy()
+            amap = resize_map(square if boxes is None else crop_to_content(square, boxes[sl][i]), h, w)
             score, threshold = float(scores[i]), float(thresholds[i])
             mask, regions = measure(amap, score, threshold)
             reports.append(InspectionReport(

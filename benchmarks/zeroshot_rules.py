@@ -51,10 +51,11 @@ def main() -> None:
           f"{np.mean(verdict == y.astype(bool)):.3f} (normals called anomalous {verdict[y == 0].mean():.3f}, "
           f"anomalies missed {1 - verdict[y == 1].mean():.3f}) threshold {res.threshold_source}; {el:.1f}s", flush=True)
     if args.mode == "batch" or len(s) >= MIN_SET:  # the set rule, for comparison with the mode's own
-        thr, src = set_threshold(s)
-        v = s >= thr
-        print(f"  set rule ({src}): verdict acc {np.mean(v == y.astype(bool)):.3f} (normals called anomalous "
-              f"{v[y == 0].mean():.3f}, anomalies missed {1 - v[y == 1].mean():.3f})", flush=True)
+        for rule in ("gmm", "lower", "mode"):
+            thr, src = set_threshold(s, rule, cfg.set_k, cfg.mode_fraction)
+            v = s >= thr
+            print(f"  set rule {rule} ({src}): verdict acc {np.mean(v == y.astype(bool)):.3f} (normals called anomalous "
+                  f"{v[y == 0].mean():.3f}, anomalies missed {1 - v[y == 1].mean():.3f})", flush=True)
     if args.save:
         np.savez(args.save, scores=s, labels=y, z=np.asarray(res.info.get("z", [])))
     if "z" in res.info:

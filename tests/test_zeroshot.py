@@ -163,6 +163,14 @@ def test_batch_mode_ranks_defective_images_first_and_keeps_order(tiny):
     assert len({r.threshold for r in reps}) == 1 and "16 images" in reps[0].threshold_source
     with pytest.raises(ValueError, match="at least 2 images"):
         tiny.inspect(imgs[0], zero_shot="batch")
+    zs = tiny.cfg.zero_shot  # the options that did not help on ELPV dev sets still run end to end
+    zs.batch_rot90, zs.rescore_k, zs.set_rule = True, 3, "lower"
+    try:
+        reps = list(tiny.inspect_many(imgs, zero_shot="batch", question=None))
+    finally:
+        zs.batch_rot90, zs.rescore_k, zs.set_rule = False, 0, "gmm"
+    scores = np.array([r.score for r in reps])
+    assert set(np.argsort(scores)[-3:].tolist()) == defect and "16 images' log scores" in reps[0].threshold_source
 
 
 def test_mode_errors_and_registry_extension(tiny):
@@ -196,7 +204,8 @@ def test_config_validates_zero_shot_keys():
     from anomalygpt.config import ConfigError, from_dict
 
     assert from_dict({"zero_shot": {"mode": "batch", "fraction": 0.2}}).zero_shot.fraction == 0.2
-    for bad in ({"fraction": 0}, {"window": -1}, {"scales": []}, {"n_compare": 0}):
+    for bad in ({"fraction": 0}, {"window": -1}, {"scales": []}, {"n_compare": 0}, {"pools": []}, {"pools": [2]},
+                {"set_rule": "otsu"}, {"set_k": 0}, {"mode_fraction": 1.5}, {"rescore_k": -1}):
         with pytest.raises(ConfigError, match="zero_shot"):
             from_dict({"zero_shot": bad})
 
@@ -252,7 +261,7 @@ def test_eval_zero_shot_prints_the_same_table(tmp_path, tiny_checkpoint, capsys)
 
 def test_set_threshold_splits_two_populations_and_keeps_one_whole():
     from anomalygpt.zeroshot.modes import gumbel_k
-    from anomalygpt.zeroshot.thresholds import set_threshold
+    from anomalygpt.zeroshot.thresholds import gmm_threshold as set_threshold
 
     rng = np.random.default_rng(0)
     for share in (0.05, 0.3, 0.7):  # a good lot, a bad lot, ELPV's 71% defective split

@@ -52,23 +52,33 @@ def pair_list(n: int, n_compare: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def mutual_scores(feats: torch.Tensor, n_compare: int = 100, fraction: float = 0.3, seed: int = 0,
-                  progress=None) -> torch.Tensor:
+                  progress=None, rotated: torch.Tensor | None = None) -> torch.Tensor:
     """Per-patch mutual score of each image (N x P), from L2-normalized patch features
     (N x P x C) of N images of one product.
 
     For each image the nearest-patch distance to each partner is collected (N lists of about
     M distances per patch); the score is the mean of the lowest ceil(fraction x M).
     `progress`: optional callable(n_done_pairs, n_pairs) for long batches.
+    `rotated`: the same images' features from a rotated copy (N x P' x C, e.g. turned by 90
+    degrees): a patch of i then meets its nearest patch in j AND in j's rotated copy, so a
+    part photographed turned (solar cells with busbars across instead of along) still finds
+    its twins. Costs three P x P products per pair instead of one.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     n, p, _ = feats.shape
+    if rotated is not None and (rotated.shape[0] != n or rotated.shape[2] != feats.shape[2]):
+        raise ValueError(f"rotated features must be N x P' x C like feats {tuple(feats.shape)}, got {tuple(rotated.shape)}")
     pairs = pair_list(n, n_compare, seed)
     per_image: list[list[torch.Tensor]] = [[] for _ in range(n)]
     for t, (i, j) in enumerate(pairs):
         sim = feats[i] @ feats[j].t()            # P x P, computed once for both directions
-        per_image[i].append(1.0 - sim.amax(1))
-        per_image[j].append(1.0 - sim.amax(0))
+        best_i, best_j = sim.amax(1), sim.amax(0)
+        if rotated is not None:
+            best_i = torch.maximum(best_i, (feats[i] @ rotated[j].t()).amax(1))
+            best_j = torch.maximum(best_j, (rotated[i] @ feats[j].t()).amax(0))
+        per_image[i].append(1.0 - best_i)
+        per_image[j].append(1.0 - best_j)
         if progress is not None and (t + 1) % 256 == 0:
             progress(t + 1, len(pairs))
     out = torch.empty(n, p, dtype=feats.dtype)

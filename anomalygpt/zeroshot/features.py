@@ -26,15 +26,31 @@ def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encoder_patches(encoder: ImageEncoder, images: torch.Tensor, size: int, pool: int = 3,
-                    batch_size: int = 16) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
-    """(patch features B x (h*w) x C, grid (h, w), global embedding B x D) at input `size`."""
-    feats, globs, hw = [], [], (0, 0)
+                    batch_size: int = 16, rot90: bool = False) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
+    """(patch features B x (h*w) x C, grid (h, w), global embedding B x D) at input `size`;
+    `rot90`: of the images turned by 90 degrees (the grid is then turned too)."""
+    feats, hw, glob = encoder_patch_sets(encoder, images, size, [pool], batch_size, rot90)
+    return feats[0], hw, glob
+
+
+@torch.no_grad()
+def encoder_patch_sets(encoder: ImageEncoder, images: torch.Tensor, size: int, pools: Sequence[int],
+                       batch_size: int = 16, rot90: bool = False
+                       ) -> tuple[list[torch.Tensor], tuple[int, int], torch.Tensor]:
+    """Patch features at several aggregation degrees (local pool sizes, MuSc's r = 1, 3, 5)
+    from ONE encoder pass: ([B x (h*w) x C per pool], grid (h, w), global embedding B x D)."""
+    if not pools:
+        raise ValueError("no pool sizes given; use e.g. [3]")
+    feats: list[list[torch.Tensor]] = [[] for _ in pools]
+    globs, hw = [], (0, 0)
     for i in range(0, len(images), batch_size):
-        maps, glob = encoder(resize_batch(images[i:i + batch_size], size))
+        x = resize_batch(images[i:i + batch_size], size)
+        maps, glob = encoder(torch.rot90(x, 1, (2, 3)) if rot90 else x)
         hw = grid_size(maps)
-        feats.append(patch_features(maps, pool))
+        for k, pool in enumerate(pools):
+            feats[k].append(patch_features(maps, pool))
         globs.append(glob.float())
-    return torch.cat(feats), hw, torch.cat(globs)
+    return [torch.cat(f) for f in feats], hw, torch.cat(globs)
 
 
 def to_image(grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
