@@ -333,6 +333,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the checkpoint's encoder for ONNX Runtime (anomalygpt.onnx_encoder)."""
+    from .checkpoint import read_config
+    from .inspector import resolve_checkpoint
+    from .onnx_encoder import export_encoder
+
+    cfg = read_config(resolve_checkpoint(args.checkpoint))
+    try:
+        info = export_encoder(cfg.encoder, args.out)
+    except ImportError as e:
+        raise CLIError(f"{e.name or 'onnx'} is not installed; fix: pip install onnx onnxruntime") from None
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB; levels {info['levels']} + global; max abs "
+          f"difference to torch {info['max_abs_diff_vs_torch']:.1e} at {info['checked_sizes']} px)")
+    if args.out:
+        print(f"use it with encoder.runtime: onnxruntime and encoder.onnx_path: {info['path']} in the "
+              "checkpoint's config.yaml (the default location needs no setting)")
+    else:
+        print("the inspector now runs the encoder with ONNX Runtime (encoder.runtime: auto); "
+              "delete the file or set encoder.runtime: torch to go back")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Replace this process by Streamlit (exec): nothing runs after it, and a supervisor's
     SIGTERM or a Ctrl-C then reaches the server itself. A child process would be orphaned,
@@ -432,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503")
     sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     sp.set_defaults(func=cmd_serve)
+
+    sp = add("export", "export the image encoder for a faster runtime (ONNX Runtime)")
+    sp.add_argument("--format", default="onnx", choices=["onnx"])
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--out", default=None, help="file to write (default: the cache, found automatically)")
+    sp.set_defaults(func=cmd_export)
 
     sp = add("demo", "inspect a bundled sample, print the report and an answer, write a heat map")
     sp.add_argument("--out", default="out")
