@@ -94,3 +94,9 @@ def test_encoder_runtimes_side_by_side_on_tiny(tiny_assistant) -> None:
     assert r["torch_images_per_s"] > 0 and r["onnxruntime_images_per_s"] > 0 and r["speedup"] > 0
     assert r["max_abs_feature_diff"] <= 1e-4 and r["rounds"] == 1
     assert tiny_assistant.detector.encoder is before  # the assistant is left as it was
+
+
+def test_server_answer_over_http_on_tiny(tiny_assistant) -> None:
+    r = bench.measure_server_answer(tiny_assistant, repeats=1)
+    assert r["repeats"] == 1 and 0 < r["ask_first_piece_s_median"] <= r["ask_s_median"]
+    assert r["inspect_answer_s_median"] > 0 and isinstance(r["answer"], str) and r["answer"]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,29 +22,11 @@ REFS = sorted(ASSETS.glob("elpv_normal_ref*.png"))
 
 @contextlib.contextmanager
 def running_server(assistant, **kw):
-    import uvicorn
-
-    from anomalygpt.server.app import create_app
+    from anomalygpt.server.app import create_app, serve_in_thread
 
     app = create_app(assistant, **kw)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_in_thread(app) as url:
+        yield url, app
 
 
 @pytest.fixture(scope="module")

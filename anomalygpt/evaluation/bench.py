@@ -37,6 +37,7 @@ TARGETS: dict[str, tuple[float, str, str]] = {
     "inspect_answer_full_s": (1.5, "lower", "s"),
     "inspect_answer_48_tokens_s": (1.5, "lower", "s"),
     "assistant_warm_load_s": (5.0, "lower", "s"),
+    "server_inspect_answer_s": (3.0, "lower", "s"),  # issue 20: the first answer from a running server
     "inspect_peak_rss_gb": (2.5, "lower", "GB"),
     "chat_check_share_of_answer": (0.10, "lower", "x"),
 }
@@ -153,6 +154,32 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
     return {"inspect_s_median": inspect_s, "first_token_s_median": first_s, "full_answer_s_median": full_s,
             "answer_tokens": n_tokens, "max_new_tokens": assistant.cfg.llm.max_new_tokens, "answer": answer,
             "repeats": len(rows)}
+
+
+def measure_server_answer(assistant: Any, repeats: int = 3) -> dict[str, Any]:
+    """A warm `anomalygpt serve` in this process (uvicorn on a free port, the loaded
+    assistant): wall time of POST /inspect with the sample and its first answer over HTTP, and
+    of a streamed follow-up to its first piece and to its end; medians after one warm-up."""
+    from ..server.app import create_app, serve_in_thread
+    from ..server.client import Client
+
+    rows = []
+    with serve_in_thread(create_app(assistant)) as url:
+        client = Client(url)
+        for i in range(max(1, repeats) + 1):
+            t0 = time.perf_counter()
+            rep = client.inspect(sample_image(), question="Is there any anomaly in the image?")
+            t1 = time.perf_counter()
+            first = None
+            for _event in client.ask(rep["report_id"], "Where is the anomaly?"):
+                if first is None:
+                    first = time.perf_counter()
+            t2 = time.perf_counter()
+            if i:
+                rows.append((t1 - t0, (first or t2) - t1, t2 - t1))
+    inspect_s, first_s, ask_s = (statistics.median(c) for c in zip(*rows))
+    return {"inspect_answer_s_median": inspect_s, "ask_first_piece_s_median": first_s, "ask_s_median": ask_s,
+            "answer": rep.get("answer"), "repeats": len(rows)}
 
 
 def measure_zero_shot(assistant: Any, mode: str, n_images: int, repeats: int = 1) -> dict[str, Any]:
@@ -423,6 +450,7 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     m["detector_batch16_refs4"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4), 4))
     m["inspect_answer"] = _guard(lambda: measure_inspect_answer(assistant, repeats=reps))
     n_max = assistant.cfg.llm.max_new_tokens
+    m["server"] = _guard(lambda: measure_server_answer(assistant, repeats=max(2, reps // 4)))
     m["chat_check"] = _guard(lambda: measure_chat_check(assistant, repeats=1 if quick else 5))
     m["inspect_answer_48"] = _guard(lambda: measure_inspect_answer(assistant, repeats=max(3, reps // 2),
                                                                    min_new_tokens=n_max))
@@ -459,6 +487,10 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
                why("inspect_answer") or f"{ia.get('answer_tokens')} answer tokens (max {ia.get('max_new_tokens')})"),
         _entry("inspect_answer_48_tokens_s", val("inspect_answer_48", "full_answer_s_median"), "s",
                why("inspect_answer_48") or f"answer forced to {m['inspect_answer_48'].get('answer_tokens')} tokens"),
+        _entry("server_inspect_answer_s", val("server", "inspect_answer_s_median"), "s",
+               why("server") or f"POST /inspect + first answer over HTTP to a warm server; streamed follow-up "
+               f"first piece {m['server'].get('ask_first_piece_s_median', 0):.2f} s, whole "
+               f"{m['server'].get('ask_s_median', 0):.2f} s"),
         _entry("chat_check_share_of_answer", _share(m["chat_check"].get("per_answer_ms_median"),
                                                     val("inspect_answer", "full_answer_s_median")), "x",
                why("chat_check") or f"{m['chat_check'].get('per_answer_ms_median', 0):.2f} ms per answer "
