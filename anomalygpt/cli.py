@@ -54,6 +54,8 @@ def _write_outputs(report, rgb, out_dir: Path, stem: str) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.server:
+        return _inspect_via_server(args)
     from tqdm import tqdm
 
     from .images import load_image
@@ -125,6 +127,64 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if failures:
         print(f"{len(failures)} of {len(images)} images failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _inspect_via_server(args: argparse.Namespace) -> int:
+    """`inspect --server URL`: the images go to a running `anomalygpt serve` (warm model, no
+    torch import here); references are uploaded once as a reference set."""
+    from .server.client import Client, ServerError
+
+    unsupported = [flag for flag, on in (("--out", args.out), ("--jsonl", args.jsonl), ("--resume", args.resume),
+                                         ("--distributed", args.distributed)) if on]
+    if unsupported:
+        raise CLIError(f"{', '.join(unsupported)} cannot be used with --server; drop them or inspect locally")
+    images = _expand_images(args.images)
+    if not images:
+        raise CLIError("no images given; pass image files or folders")
+    client = Client(args.server)
+    try:
+        ref_id = client.add_references(_expand_images(args.ref))["reference_set_id"] if args.ref else None
+    except (ServerError, OSError) as e:
+        raise CLIError(str(e)) from None
+    question = "" if args.no_answer else args.question
+    results, failures = [], []
+    for path in images:
+        try:
+            rec = client.inspect(path, ref_id, args.object, question, args.zero_shot)
+        except (ServerError, OSError) as e:
+            failures.append(f"{path}: {e}")
+            if "cannot reach" in str(e):
+                break
+            continue
+        rec["source"] = path
+        results.append(rec)
+        if not args.json:
+            line = f"{path}: {rec['verdict'].upper()} (score {rec['score']:.3f}, threshold {rec['threshold']:.3f})"
+            print(line + (f"\n  answer: {rec['answer']}" if rec.get("answer") else ""))
+    if args.json:
+        print(json.dumps(results if len(results) != 1 else results[0], indent=2))
+    for err in failures:
+        print(f"error: {err}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the assistant once, then serve the HTTP API (anomalygpt.server) until Ctrl-C."""
+    import uvicorn
+
+    from .inspector import AnomalyGPT
+    from .server.app import create_app
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(f"loading checkpoint {args.checkpoint} ...", file=sys.stderr, flush=True)
+    assistant = AnomalyGPT.from_pretrained(args.checkpoint, with_llm=not args.no_llm, allow_pickle=args.allow_pickle)
+    app = create_app(assistant, str(args.checkpoint), max_queue=args.max_queue)
+    print(f"serving on http://{args.host}:{args.port}  (API page /docs; Ctrl-C to stop)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
 
 
@@ -273,6 +333,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the checkpoint's encoder for ONNX Runtime (anomalygpt.onnx_encoder)."""
+    from .checkpoint import read_config
+    from .inspector import resolve_checkpoint
+    from .onnx_encoder import export_encoder
+
+    cfg = read_config(resolve_checkpoint(args.checkpoint))
+    try:
+        info = export_encoder(cfg.encoder, args.out)
+    except ImportError as e:
+        raise CLIError(f"{e.name or 'onnx'} is not installed; fix: pip install onnx onnxruntime") from None
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB; levels {info['levels']} + global; max abs "
+          f"difference to torch {info['max_abs_diff_vs_torch']:.1e} at {info['checked_sizes']} px)")
+    if args.out:
+        print(f"use it with encoder.runtime: onnxruntime and encoder.onnx_path: {info['path']} in the "
+              "checkpoint's config.yaml (the default location needs no setting)")
+    else:
+        print("the inspector now runs the encoder with ONNX Runtime (encoder.runtime: auto); "
+              "delete the file or set encoder.runtime: torch to go back")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Replace this process by Streamlit (exec): nothing runs after it, and a supervisor's
     SIGTERM or a Ctrl-C then reaches the server itself. A child process would be orphaned,
@@ -320,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(on by itself when WORLD_SIZE > 1)")
     sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP)
+    sp.add_argument("--server", default=None, metavar="URL",
+                    help="send the images to a running `anomalygpt serve` (e.g. http://127.0.0.1:8000) "
+                         "instead of loading the model here")
     sp.set_defaults(func=cmd_inspect)
 
     sp = add("chat", "inspect one image, then chat about it in the terminal")
@@ -359,6 +444,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--checkpoint", default="embedded")
     sp.set_defaults(func=cmd_ui)
+
+    sp = add("serve", "serve the HTTP API (inspect, reference sets, streamed answers; OpenAPI page at /docs)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--no-llm", action="store_true", help="detector only: reports without answers")
+    sp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    sp.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model before 503")
+    sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
+    sp.set_defaults(func=cmd_serve)
+
+    sp = add("export", "export the image encoder for a faster runtime (ONNX Runtime)")
+    sp.add_argument("--format", default="onnx", choices=["onnx"])
+    sp.add_argument("--checkpoint", default="embedded")
+    sp.add_argument("--out", default=None, help="file to write (default: the cache, found automatically)")
+    sp.set_defaults(func=cmd_export)
 
     sp = add("demo", "inspect a bundled sample, print the report and an answer, write a heat map")
     sp.add_argument("--out", default="out")

@@ -36,6 +36,11 @@ class EncoderConfig:
     levels: list[int] = field(default_factory=lambda: [2, 3])
     # timm open_clip configs for tiny test models (model_cfg overrides), usually empty.
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # inference runtime of a timm encoder: "auto" = ONNX Runtime when an exported copy exists
+    # (`anomalygpt export --format onnx`, at onnx_path or in the cache) else torch; "torch";
+    # "onnxruntime" = the exported copy or an error. Training always runs torch.
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    onnx_path: str = ""
 
 
 @dataclass

@@ -63,10 +63,19 @@ def resolve_checkpoint(path_or_name: str | Path) -> Path:
 class AnomalyGPT:
     """Inspect images, optionally against a few normal references, and answer questions."""
 
-    def __init__(self, components: model_io.Components) -> None:
+    def __init__(self, components: model_io.Components, encoder_runtime: str | None = None) -> None:
+        """`encoder_runtime` overrides the checkpoint's encoder.runtime ("auto", "torch",
+        "onnxruntime"; see anomalygpt.onnx_encoder)."""
+        from .onnx_encoder import select_encoder
+
         self.components = components
         self.cfg = components.cfg
         self.detector = components.detector.eval()
+        if encoder_runtime is not None:
+            if encoder_runtime not in ("auto", "torch", "onnxruntime"):
+                raise ValueError(f"encoder runtime '{encoder_runtime}' is unknown; use auto, torch or onnxruntime")
+            self.cfg.encoder.runtime = encoder_runtime
+        self.detector.encoder = select_encoder(self.cfg.encoder, self.detector.encoder)
         self.lvlm = components.lvlm.eval() if components.lvlm is not None else None
         if self.lvlm is not None:
             self.lvlm.merge_lora()  # this object only infers
@@ -78,11 +87,12 @@ class AnomalyGPT:
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True,
-                        allow_pickle: bool = False) -> "AnomalyGPT":
+                        allow_pickle: bool = False, encoder_runtime: str | None = None) -> "AnomalyGPT":
         """Load a checkpoint folder (or 'embedded', the one shipped with the package). A folder
-        holding pickle files is refused unless `allow_pickle` (they can run code when loaded)."""
+        holding pickle files is refused unless `allow_pickle` (they can run code when loaded).
+        `encoder_runtime`: "torch", "onnxruntime" or "auto" instead of the checkpoint's setting."""
         return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm, fold_lora=True,
-                                 allow_pickle=allow_pickle))
+                                 allow_pickle=allow_pickle), encoder_runtime=encoder_runtime)
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()

@@ -86,3 +86,17 @@ def test_zero_shot_speed_rows_on_tiny(tiny_assistant) -> None:
     b = bench.measure_zero_shot(tiny_assistant, "batch", 4)
     assert s["s_per_image"] > 0 and s["n_images"] == 2 and s["n_compare"] is None
     assert b["s_per_image"] > 0 and b["n_compare"] == 3 and b["scales"] == [1.0]
+
+
+def test_encoder_runtimes_side_by_side_on_tiny(tiny_assistant) -> None:
+    before = tiny_assistant.detector.encoder
+    r = bench.measure_encoder_runtimes(tiny_assistant, batch_size=2, rounds=1)
+    assert r["torch_images_per_s"] > 0 and r["onnxruntime_images_per_s"] > 0 and r["speedup"] > 0
+    assert r["max_abs_feature_diff"] <= 1e-4 and r["rounds"] == 1
+    assert tiny_assistant.detector.encoder is before  # the assistant is left as it was
+
+
+def test_server_answer_over_http_on_tiny(tiny_assistant) -> None:
+    r = bench.measure_server_answer(tiny_assistant, repeats=1)
+    assert r["repeats"] == 1 and 0 < r["ask_first_piece_s_median"] <= r["ask_s_median"]
+    assert r["inspect_answer_s_median"] > 0 and isinstance(r["answer"], str) and r["answer"]

@@ -32,9 +32,12 @@ SAMPLE = PACKAGE_DIR / "assets" / "elpv_defect.png"
 # name -> (target, "higher"/"lower" is better, unit); the product's stated budget on 2 CPU cores
 TARGETS: dict[str, tuple[float, str, str]] = {
     "detector_ips_batch16": (30.0, "higher", "img/s"),
+    "detector_ips_batch16_torch": (60.0, "higher", "img/s"),        # issue 20's target for the encoder runtime
+    "detector_ips_batch16_onnxruntime": (60.0, "higher", "img/s"),
     "inspect_answer_full_s": (1.5, "lower", "s"),
     "inspect_answer_48_tokens_s": (1.5, "lower", "s"),
     "assistant_warm_load_s": (5.0, "lower", "s"),
+    "server_inspect_answer_s": (3.0, "lower", "s"),  # issue 20: the first answer from a running server
     "inspect_peak_rss_gb": (2.5, "lower", "GB"),
     "chat_check_share_of_answer": (0.10, "lower", "x"),
 }
@@ -72,6 +75,51 @@ def measure_detector_throughput(assistant: Any, batch_size: int = 16, repeats: i
             "batch_size": batch_size, "image_size": size, "references": references, "repeats": len(times)}
 
 
+@torch.no_grad()
+def measure_encoder_runtimes(assistant: Any, batch_size: int = 16, rounds: int = 3) -> dict[str, Any]:
+    """Detector images/s with the torch encoder and with the ONNX Runtime copy, side by side:
+    the rounds alternate torch / onnxruntime on the same batch, so load on a shared machine
+    hits both alike. The copy is the exported file the inspector would use (the cache's), or
+    a fresh export into a temp folder; the features' max difference to torch is reported."""
+    from ..checkpoint import build_image_encoder
+    from ..onnx_encoder import OnnxImageEncoder, default_onnx_path, export_encoder, max_feature_difference
+
+    det = assistant.detector
+    cfg = assistant.cfg.encoder
+    original = det.encoder
+    torch_enc = original if not isinstance(original, OnnxImageEncoder) else build_image_encoder(cfg)
+    with tempfile.TemporaryDirectory(prefix="anomalygpt-bench-onnx-") as tmp:
+        path = default_onnx_path(cfg)
+        t0 = time.perf_counter()
+        source = "cached export"
+        if path is None or not path.is_file():
+            path = Path(tmp) / "encoder.onnx"
+            export_encoder(cfg, path)
+            source = "exported now"
+        export_s = time.perf_counter() - t0
+        ort_enc = OnnxImageEncoder(path, cfg)
+        size = det.image_size
+        x = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+        diff = max_feature_difference(torch_enc, ort_enc, x[:2])
+        times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+        try:
+            for enc in (torch_enc, ort_enc):  # warm-up of each
+                det.encoder = enc
+                det(x)
+            for _ in range(max(1, rounds)):
+                for name, enc in (("torch", torch_enc), ("onnxruntime", ort_enc)):
+                    det.encoder = enc
+                    t = time.perf_counter()
+                    det(x)
+                    times[name].append(time.perf_counter() - t)
+        finally:
+            det.encoder = original
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"torch_images_per_s": batch_size / med["torch"], "onnxruntime_images_per_s": batch_size / med["onnxruntime"],
+            "speedup": med["torch"] / med["onnxruntime"], "max_abs_feature_diff": diff, "batch_size": batch_size,
+            "rounds": rounds, "onnx_source": source, "export_s": export_s, "ort_threads": torch.get_num_threads()}
+
+
 def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20, question: str | None = None,
                            references: Any = None, min_new_tokens: int = 0) -> dict[str, Any]:
     """inspect() then the streamed answer to the main question, as the chat does: time to
@@ -106,6 +154,32 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
     return {"inspect_s_median": inspect_s, "first_token_s_median": first_s, "full_answer_s_median": full_s,
             "answer_tokens": n_tokens, "max_new_tokens": assistant.cfg.llm.max_new_tokens, "answer": answer,
             "repeats": len(rows)}
+
+
+def measure_server_answer(assistant: Any, repeats: int = 3) -> dict[str, Any]:
+    """A warm `anomalygpt serve` in this process (uvicorn on a free port, the loaded
+    assistant): wall time of POST /inspect with the sample and its first answer over HTTP, and
+    of a streamed follow-up to its first piece and to its end; medians after one warm-up."""
+    from ..server.app import create_app, serve_in_thread
+    from ..server.client import Client
+
+    rows = []
+    with serve_in_thread(create_app(assistant)) as url:
+        client = Client(url)
+        for i in range(max(1, repeats) + 1):
+            t0 = time.perf_counter()
+            rep = client.inspect(sample_image(), question="Is there any anomaly in the image?")
+            t1 = time.perf_counter()
+            first = None
+            for _event in client.ask(rep["report_id"], "Where is the anomaly?"):
+                if first is None:
+                    first = time.perf_counter()
+            t2 = time.perf_counter()
+            if i:
+                rows.append((t1 - t0, (first or t2) - t1, t2 - t1))
+    inspect_s, first_s, ask_s = (statistics.median(c) for c in zip(*rows))
+    return {"inspect_answer_s_median": inspect_s, "ask_first_piece_s_median": first_s, "ask_s_median": ask_s,
+            "answer": rep.get("answer"), "repeats": len(rows)}
 
 
 def measure_zero_shot(assistant: Any, mode: str, n_images: int, repeats: int = 1) -> dict[str, Any]:
@@ -369,11 +443,14 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     # first, while this process is small: a child's peak RSS starts at its parent's size (run_measured)
     m["inspect_rss"] = _guard(lambda: measure_inspect_rss(checkpoint))
     assistant = AnomalyGPT.from_pretrained(checkpoint, with_llm=True)
+    assistant_encoder = assistant.detector.encoder
     m["detector_batch1"] = _guard(lambda: measure_detector_throughput(assistant, 1, max(reps, 5)))
     m["detector_batch16"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4)))
+    m["encoder_runtimes"] = _guard(lambda: measure_encoder_runtimes(assistant, 16, max(3, reps // 4)))
     m["detector_batch16_refs4"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4), 4))
     m["inspect_answer"] = _guard(lambda: measure_inspect_answer(assistant, repeats=reps))
     n_max = assistant.cfg.llm.max_new_tokens
+    m["server"] = _guard(lambda: measure_server_answer(assistant, repeats=max(2, reps // 4)))
     m["chat_check"] = _guard(lambda: measure_chat_check(assistant, repeats=1 if quick else 5))
     m["inspect_answer_48"] = _guard(lambda: measure_inspect_answer(assistant, repeats=max(3, reps // 2),
                                                                    min_new_tokens=n_max))
@@ -395,7 +472,13 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     ia = m["inspect_answer"]
     summary = [
         _entry("detector_ips_batch1", val("detector_batch1", "images_per_s"), "img/s", why("detector_batch1")),
-        _entry("detector_ips_batch16", val("detector_batch16", "images_per_s"), "img/s", why("detector_batch16")),
+        _entry("detector_ips_batch16", val("detector_batch16", "images_per_s"), "img/s",
+               why("detector_batch16") or f"as loaded ({type(assistant_encoder).__name__})"),
+        _entry("detector_ips_batch16_torch", val("encoder_runtimes", "torch_images_per_s"), "img/s",
+               why("encoder_runtimes") or "encoder on torch, alternating rounds with the next row"),
+        _entry("detector_ips_batch16_onnxruntime", val("encoder_runtimes", "onnxruntime_images_per_s"), "img/s",
+               why("encoder_runtimes") or f"encoder on ONNX Runtime: {m['encoder_runtimes'].get('speedup', 0):.2f}x "
+               f"torch; features within {m['encoder_runtimes'].get('max_abs_feature_diff', 0):.0e}"),
         _entry("detector_ips_batch16_refs4", val("detector_batch16_refs4", "images_per_s"), "img/s",
                why("detector_batch16_refs4") or "fused with a 4-image memory bank"),
         _entry("inspect_s", val("inspect_answer", "inspect_s_median"), "s", why("inspect_answer")),
@@ -404,6 +487,10 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
                why("inspect_answer") or f"{ia.get('answer_tokens')} answer tokens (max {ia.get('max_new_tokens')})"),
         _entry("inspect_answer_48_tokens_s", val("inspect_answer_48", "full_answer_s_median"), "s",
                why("inspect_answer_48") or f"answer forced to {m['inspect_answer_48'].get('answer_tokens')} tokens"),
+        _entry("server_inspect_answer_s", val("server", "inspect_answer_s_median"), "s",
+               why("server") or f"POST /inspect + first answer over HTTP to a warm server; streamed follow-up "
+               f"first piece {m['server'].get('ask_first_piece_s_median', 0):.2f} s, whole "
+               f"{m['server'].get('ask_s_median', 0):.2f} s"),
         _entry("chat_check_share_of_answer", _share(m["chat_check"].get("per_answer_ms_median"),
                                                     val("inspect_answer", "full_answer_s_median")), "x",
                why("chat_check") or f"{m['chat_check'].get('per_answer_ms_median', 0):.2f} ms per answer "
