@@ -122,7 +122,12 @@ class AnomalyGPT:
             ref_scores = self.detector.image_score(ref_map).numpy().astype(np.float64)
             if n_loo >= MIN_LOO_FOR_SCALE:
                 ref_scale = max(float(ref_scores.std()), 1e-4)
-            s = self.detector.image_score(self.detector.fuse(dec_map, ref_map, ref_scale)).numpy().astype(np.float64)
+            fused = self.detector.image_score(self.detector.fuse(dec_map, ref_map, ref_scale))
+            if self.cfg.memory.dist_weight > 0:  # the same image score as a query's (Detector.detect_features)
+                fused = fused + self.detector.dist_term(torch.cat([
+                    bank.without(int(i)).distribution_score([m[j:j + 1] for m in maps], self.cfg.memory.dist_shrink)
+                    for j, i in enumerate(held)]))
+            s = fused.numpy().astype(np.float64)
             # the checkpoint's rule on the held-out references' scores; their max alone is
             # ruled by the one odd reference and sat above most real defects on ELPV
             threshold = threshold_rule(s)[0]

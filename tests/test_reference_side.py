@@ -152,3 +152,26 @@ def test_eval_overrides_are_checked_memory_settings(tiny_checkpoint):
         _memory_overrides(tiny_checkpoint, ["encoder.image_size=32"])
     with pytest.raises(ConfigError, match="memory.orientations"):
         _memory_overrides(tiny_checkpoint, ["memory.orientations=sideways"])
+
+
+def test_leave_one_out_threshold_uses_the_same_score_as_a_query(tiny_checkpoint):
+    """With the distribution term on, each held-out reference's score in the threshold is
+    exactly what inspecting it against the other references would give."""
+    from anomalygpt.calibrate import threshold_rule
+    from anomalygpt.images import batch_tensor
+    from anomalygpt.inspector import AnomalyGPT
+
+    a = AnomalyGPT.from_pretrained(tiny_checkpoint, with_llm=False)
+    m = a.cfg.memory
+    m.dist_weight, m.dist_floor, m.orientations = 1.0, 0.05, "rot90"
+    try:
+        imgs = [texture(i, 96) for i in range(4)]
+        refs = a.build_references(imgs)
+        x = batch_tensor(imgs, a.detector.image_size)
+        with torch.no_grad():
+            dets = [a.detector(x[i:i + 1], refs.bank.without(i), refs.ref_scale) for i in range(4)]
+    finally:
+        m.dist_weight, m.dist_floor, m.orientations = 0.0, 1.0, "none"
+    assert all(float(d.dist_scores[0]) > 0.05 for d in dets)  # the hinge is active
+    expected = threshold_rule(np.array([float(d.scores[0]) for d in dets]))[0]
+    assert refs.threshold == pytest.approx(expected, rel=1e-5)
