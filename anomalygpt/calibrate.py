@@ -55,3 +55,50 @@ def calibrate(detector: Detector, normals: torch.Tensor, references: torch.Tenso
             "fused_threshold": fthr, "fused_normal_mean": fstats["mean"], "fused_normal_std": fstats["std"],
             "dec_scale": float(detector.dec_scale), "ref_scale": float(detector.ref_scale),
             "n_normal": len(normals), "fused_references": len(references)}
+
+
+def reference_views(images: list[np.ndarray], n_views: int, seed: int = 0,
+                    flips: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """(normal views, views with simulated anomalies, the reference each pair came from).
+
+    Why: with 1-3 references there is no leave-one-out spread, and the checkpoint's
+    threshold was set on solar cells. A view of a reference as another photograph of the
+    same product might show it (a crop of 85-100% of its side at a random place, scaled
+    back; exposure and contrast within a few percent; mirrored when the bank's orientations
+    allow it) stands for a new normal part; the same view given an anomaly by data_sim (its
+    own training simulator, on this product's pixels) stands for a defect. No test image and
+    no label of the user's data is involved.
+    """
+    import cv2
+
+    from data_sim.nsa import synthesize
+
+    rng = np.random.default_rng(seed)
+    normal, anomalous, owner = [], [], []
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        for _ in range(n_views):
+            f = rng.uniform(0.85, 1.0)
+            ch, cw = max(8, round(h * f)), max(8, round(w * f))
+            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            v = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            v = (v - v.mean()) * rng.uniform(0.95, 1.05) + v.mean() * rng.uniform(0.96, 1.04)
+            v = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+            if flips and rng.random() < 0.5:
+                v = np.ascontiguousarray(v[:, ::-1])
+            syn = synthesize(v, rng, sources=[im for j, im in enumerate(images) if j != i] or None)
+            normal.append(v)
+            anomalous.append(syn.image if syn.label else v)
+            owner.append(i)
+    return normal, anomalous, owner
+
+
+def separating_threshold(normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, float]:
+    """(threshold, balanced accuracy): the cut between normal and simulated-anomaly scores
+    that maximizes the mean of the two hit rates; among equal cuts the middle one, placed
+    halfway between the neighbouring scores (no cut hugs a score of the few samples)."""
+    s = np.sort(np.unique(np.r_[normal, anomalous]))
+    cuts = np.r_[s[0] - 1e-6, (s[1:] + s[:-1]) / 2, s[-1] + 1e-6]
+    bal = np.array([0.5 * ((normal < c).mean() + (anomalous >= c).mean()) for c in cuts])
+    best = np.flatnonzero(bal >= bal.max() - 1e-12)
+    return float(cuts[best[len(best) // 2]]), float(bal.max())

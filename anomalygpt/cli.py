@@ -318,7 +318,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shots = args.shots if args.shots == "all" else int(args.shots)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else (0, 1, 2)
     res = run_eval(args.dataset, checkpoint=args.checkpoint, shots=shots, seeds=seeds, out_dir=args.out,
-                   answers=not args.no_answers, max_images=args.max_images, zero_shot=args.zero_shot)
+                   answers=not args.no_answers, max_images=args.max_images, zero_shot=args.zero_shot,
+                   overrides=args.set)
     print(format_results(res))
     if args.out:
         print(f"results.json and ROC/PR plots in {args.out}")
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-answers", action="store_true", help="skip the LLM answers (faster)")
     sp.add_argument("--max-images", type=int, default=None)
     sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP + " (with --shots 0)")
+    sp.add_argument("--set", action="append", default=[], metavar="memory.KEY=VALUE",
+                    help="reference-side setting for this evaluation, e.g. memory.orientations=none (repeatable)")
     sp.set_defaults(func=cmd_eval)
 
     sp = add("simulate", "write simulated anomalies, masks, qa.jsonl and a preview grid")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as model_io
-from .calibrate import threshold_rule
+from .calibrate import reference_views, separating_threshold, threshold_rule
 from .models.detector import gaussian_blur
 from .images import ImageLike, batch_tensor, crop_to_content, letterbox, load_image, resize_map
 from .models.memory_bank import MemoryBank
@@ -32,7 +32,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CHECKPOINTS = {"embedded": PACKAGE_DIR / "checkpoints" / "embedded"}
 DEFAULT_QUESTION = "Is there any anomaly in the image?"
 MIN_REGION_SHARE = 0.001  # regions under 0.1% of the image are noise, not findings
-MIN_LOO_FOR_SCALE = 4     # fewer leave-one-out scores give no usable spread: use the checkpoint's threshold and scale
+MIN_LOO_FOR_SCALE = 4     # fewer leave-one-out scores give no usable spread: use the checkpoint's scale
+VIEWS_PER_REFERENCE = 12  # normal views and simulated anomalies per reference for the 1-3 reference threshold
 
 
 @dataclass
@@ -110,11 +111,14 @@ class AnomalyGPT:
         """
         if not references:
             raise ValueError("references is empty; give 1-8 images of normal parts (or more) or None")
-        x = batch_tensor([load_image(r) for r in references], self.detector.image_size)
+        rgb = [load_image(r) for r in references]
+        x = batch_tensor(rgb, self.detector.image_size)
         size = (x.shape[-2], x.shape[-1])
         bank = self.detector.build_bank(x)
         threshold, source = None, f"checkpoint calibration ({self.calibration.source})"
         ref_scale = None
+        if len(x) < MIN_LOO_FOR_SCALE and self.cfg.memory.few_threshold == "views":
+            threshold, source = self._views_threshold(rgb, bank)
         if len(x) >= MIN_LOO_FOR_SCALE:
             n_loo = min(len(x), self.cfg.memory.max_loo)
             held = np.linspace(0, len(x) - 1, n_loo).round().astype(int)
@@ -128,12 +132,38 @@ class AnomalyGPT:
             ref_scores = self.detector.image_score(ref_map).numpy().astype(np.float64)
             if n_loo >= MIN_LOO_FOR_SCALE:
                 ref_scale = max(float(ref_scores.std()), 1e-4)
-            s = self.detector.image_score(self.detector.fuse(dec_map, ref_map, ref_scale)).numpy().astype(np.float64)
+            fused = self.detector.image_score(self.detector.fuse(dec_map, ref_map, ref_scale))
+            if self.cfg.memory.dist_weight > 0:  # the same image score as a query's (Detector.detect_features)
+                fused = fused + self.detector.dist_term(torch.cat([
+                    bank.without(int(i)).distribution_score([m[j:j + 1] for m in maps], self.cfg.memory.dist_shrink)
+                    for j, i in enumerate(held)]))
+            s = fused.numpy().astype(np.float64)
             # the checkpoint's rule on the held-out references' scores; their max alone is
             # ruled by the one odd reference and sat above most real defects on ELPV
             threshold = threshold_rule(s)[0]
             source = f"leave-one-out over {n_loo} of {len(x)} references"
         return ReferenceSet(bank, len(x), threshold, source, ref_scale)
+
+    def _views_threshold(self, rgb: list[np.ndarray], bank: MemoryBank) -> tuple[float, str]:
+        """Threshold for 1-3 references from views of the references themselves
+        (calibrate.reference_views): each view is scored against the bank of the other
+        references (a single reference: against its own bank, the best that exists), and
+        the cut that best separates the normal views from the simulated anomalies is taken."""
+        n = VIEWS_PER_REFERENCE
+        normal, anomalous, owner = reference_views(rgb, n, flips=self.cfg.memory.orientations == "dihedral")
+        size = self.detector.image_size
+        scores = {"n": [], "a": []}
+        for i in range(len(rgb)):
+            b = bank.without(i) if len(rgb) > 1 else bank
+            idx = [k for k, o in enumerate(owner) if o == i]
+            for key, views in (("n", normal), ("a", anomalous)):
+                x = batch_tensor([views[k] for k in idx], size)
+                scores[key].append(self.detector(x, b).scores.numpy().astype(np.float64))
+        thr, bal = separating_threshold(np.concatenate(scores["n"]), np.concatenate(scores["a"]))
+        against = "the other references" if len(rgb) > 1 else "the reference itself"
+        return thr, (f"views of the {len(rgb)} reference{'s' if len(rgb) > 1 else ''}: {n * len(rgb)} normal crops "
+                     f"and {n * len(rgb)} with simulated anomalies against {against}, best separating cut "
+                     f"(balanced accuracy {bal:.2f})")
 
     # ------------------------------------------------------------------ inspection
     @torch.no_grad()

@@ -366,7 +366,8 @@ def _aggregate_by_kind(runs: list[dict[str, Any]]) -> dict[str, float]:
 # ---------------------------------------------------------------------------- entry point
 def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, seeds: Sequence[int] = (0, 1, 2),
              out_dir: str | Path | None = None, answers: bool = True, max_images: int | None = None,
-             progress: bool = True, batch_size: int = 8, zero_shot: str | None = None) -> dict[str, Any]:
+             progress: bool = True, batch_size: int = 8, zero_shot: str | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset spec; returns the results dict (also written to
     ``out_dir/results.json`` with curves and per-run files when out_dir is given).
 
@@ -375,6 +376,8 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     the LLM runs once per image). ``max_images``: a stratified subset per group, for quick looks.
     ``zero_shot``: a training-free mode of ``anomalygpt.zeroshot.MODES`` ("self", "batch"); needs
     shots=0 (no references) and uses only the checkpoint's frozen encoder, never its decoder.
+    ``overrides``: "memory.KEY=VALUE" settings applied to the loaded checkpoint's config (e.g.
+    memory.orientations=none), to measure a switch both ways; part of each run's fingerprint.
     """
     from ..inspector import DEFAULT_QUESTION, AnomalyGPT
 
@@ -384,6 +387,7 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     if not seed_list:
         raise ValueError("seeds is empty; give at least one seed, e.g. 0,1,2")
     zs = _zero_shot_settings(checkpoint, zero_shot, shots)
+    memory_overrides = _memory_overrides(checkpoint, overrides)
     groups = dataset_groups(dataset)
     for g in groups:
         if shots and not g.train_normals:
@@ -399,7 +403,8 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     results: dict[str, Any] = {
         "dataset": dataset, "checkpoint": str(checkpoint), "checkpoint_path": ckpt_id["path"], "shots": shots,
         "seeds": seed_list if seed_list != [None] else [], "answers": answers, "question": question,
-        "max_images": max_images, "pixel_side": PIXEL_SIDE, "zero_shot": zs or None, "groups": {},
+        "max_images": max_images, "pixel_side": PIXEL_SIDE, "zero_shot": zs or None,
+        "memory_overrides": memory_overrides or None, "groups": {},
     }
     for g in groups:
         test = stratified_subset(g.test, max_images)
@@ -409,7 +414,8 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
                 f"_zs-{zs['mode']}" if zs else "")
             fingerprint = {"version": FORMAT_VERSION, "dataset": dataset, "group": g.name, "checkpoint": ckpt_id,
                            "shots": shots, "seed": seed, "question": question, "max_images": max_images,
-                           "batch_size": batch_size} | ({"zero_shot": zs} if zs else {})
+                           "batch_size": batch_size} | ({"zero_shot": zs} if zs else {}) | (
+                           {"memory": memory_overrides} if memory_overrides else {})
             run_file = out / RUNS_DIR / f"{_safe(tag)}.json" if out else None
             run = None
             if run_file is not None and run_file.is_file():
@@ -423,6 +429,8 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
             if run is None:
                 if assistant is None:
                     assistant = AnomalyGPT.from_pretrained(checkpoint, with_llm=answers)
+                    for key, value in memory_overrides.items():
+                        setattr(assistant.cfg.memory, key, value)
                 refs = pick_references(g.train_normals, shots, seed)
                 skipped: list[dict[str, str]] = []
                 run = evaluate_run(assistant, test, refs, question, batch_size, progress,
@@ -472,6 +480,28 @@ def _zero_shot_settings(checkpoint: str | Path, zero_shot: str | None, shots: in
         raise ValueError(f"zero-shot mode '{mode.name}' uses no references; use --shots 0")
     cfg = read_config(resolve_checkpoint(checkpoint))
     return {"mode": mode.name, "settings": to_dict(cfg.zero_shot) | {"mode": mode.name}}
+
+
+def _memory_overrides(checkpoint: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """{key: value} of "memory.KEY=VALUE" overrides, checked by the config loader against the
+    checkpoint's config (a typo or a bad value is one clear line)."""
+    if not overrides:
+        return {}
+    from ..checkpoint import read_config
+    from ..config import ConfigError, from_dict, parse_override, to_dict
+    from ..inspector import resolve_checkpoint
+
+    data = to_dict(read_config(resolve_checkpoint(checkpoint)))
+    keys = []
+    for item in overrides:
+        key, value = parse_override(item)
+        if not key.startswith("memory.") or key.count(".") != 1:
+            raise ConfigError(f"override '{item}': only memory.KEY=VALUE settings apply at evaluation "
+                              "(the other sections are the trained model)")
+        data["memory"][key.split(".")[1]] = value
+        keys.append(key.split(".")[1])
+    mem = from_dict(data).memory
+    return {k: getattr(mem, k) for k in keys}
 
 
 def _safe(name: str) -> str:

@@ -5,6 +5,7 @@ encoder's size; preprocessing of files lives in `anomalygpt.images`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from ..config import ModelConfig
 from .decoder import PatchDecoder
 from .encoders import ImageEncoder
 from .memory_bank import MemoryBank
+from .orientations import orientation_copies
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Detection:
     level_logits: list[torch.Tensor]   # per level B x 1 x h x w (training targets live here)
     global_emb: torch.Tensor           # B x D
     scores: torch.Tensor               # B, image-level anomaly score
+    dist_scores: torch.Tensor | None = None  # B, distribution score against the references (None without)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -70,12 +73,23 @@ class Detector(nn.Module):
         return self.encoder(images)
 
     def build_bank(self, references: torch.Tensor, batch_size: int = 16) -> MemoryBank:
-        """Memory bank from normal reference images (N x 3 x H x W), subsampled to the cap."""
+        """Memory bank from normal reference images (N x 3 x H x W) and their orientation
+        copies (memory.orientations), subsampled to the cap. When the copies would hold
+        more than twice the cap, each batch keeps only its share on the way in."""
         m = self.cfg.memory
-        bank = MemoryBank(m.pool, m.chunk, m.max_patches)
+        bank = MemoryBank(m.pool, m.chunk, m.max_patches, m.stat_grid)
+        turns = orientation_copies(m.orientations)
+        side = -(-self.image_size // min(self.encoder.strides))  # finest grid of the encoder
+        total = len(references) * len(turns) * side * side
+        keep = 1.0 if m.max_patches <= 0 or total <= 2 * m.max_patches else 2 * m.max_patches / total
+        step = 0
         for i in range(0, len(references), batch_size):
-            maps, _ = self.encode(references[i:i + batch_size])
-            bank.add(maps)
+            batch = references[i:i + batch_size]
+            owners = torch.arange(i, i + len(batch))
+            for turn in turns:
+                maps, _ = self.encode(turn(batch))
+                bank.add(maps, owners, keep=keep, seed=step)
+                step += 1
         bank.subsample()
         return bank
 
@@ -97,6 +111,13 @@ class Detector(nn.Module):
     def image_score(self, amap: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(amap, self.smooth_sigma).flatten(1).amax(1)
 
+    def dist_term(self, dist: torch.Tensor) -> torch.Tensor:
+        """What the distribution score adds to the map's max: dist_weight x how far its log
+        lies above dist_floor (a hinge: within the normal range of the references it adds
+        nothing, so local defects keep the map's ranking; see MemoryConfig)."""
+        m = self.cfg.memory
+        return m.dist_weight * (torch.log(dist.clamp_min(1e-6)) - math.log(m.dist_floor)).clamp_min(0)
+
     def forward(self, images: torch.Tensor, bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
         maps, glob = self.encode(images)
         return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank, ref_scale)
@@ -105,9 +126,15 @@ class Detector(nn.Module):
                         bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
         """Decoder map, fused with the reference map when a bank is given, from encoder outputs."""
         dec_map, logits = self.decoder(maps, size)
-        ref = None
+        ref, dist = None, None
         fused = dec_map
+        scores = None
         if bank is not None and len(bank):
             ref = self.reference_map(maps, bank, size)
             fused = self.fuse(dec_map, ref, ref_scale)
-        return Detection(fused, dec_map, ref, logits, glob, self.image_score(fused))
+            if self.cfg.memory.dist_weight > 0:
+                dist = bank.distribution_score(maps, self.cfg.memory.dist_shrink)
+                scores = self.image_score(fused) + self.dist_term(dist)
+        if scores is None:
+            scores = self.image_score(fused)
+        return Detection(fused, dec_map, ref, logits, glob, scores, dist)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .decoder import local_pool
+from .distribution import distribution_score, fit_gaussian, window_stats
 
 
 def grid_size(maps: list[torch.Tensor]) -> tuple[int, int]:
@@ -45,29 +46,50 @@ class MemoryBank:
     """Normalized multi-level patch features of the reference images (no trainable state).
 
     `owners` records which reference image each row came from, so a leave-one-out bank is a
-    mask, not a rebuild.
+    mask, not a rebuild. Turned / mirrored copies of a reference (models/orientations.py)
+    share its owner. `stats` holds the references' window statistics for the distribution
+    score (models/distribution.py), with `stat_owners` alike.
     """
 
-    def __init__(self, pool: int = 3, chunk: int = 2048, max_patches: int = 0) -> None:
+    def __init__(self, pool: int = 3, chunk: int = 2048, max_patches: int = 0, stat_grid: int = 2) -> None:
         self.pool = pool
         self.chunk = chunk
         self.max_patches = max_patches
+        self.stat_grid = stat_grid
         self.bank: torch.Tensor | None = None
         self.owners = torch.zeros(0, dtype=torch.long)
         self.n_images = 0
+        self.stats = torch.zeros(0, 0)
+        self.stat_owners = torch.zeros(0, dtype=torch.long)
 
     def __len__(self) -> int:
         return 0 if self.bank is None else self.bank.shape[0]
 
-    def add(self, maps: list[torch.Tensor]) -> None:
-        """Add the patches of a batch of reference images (per-level maps B x C x h x w)."""
+    def add(self, maps: list[torch.Tensor], owners: torch.Tensor | None = None, keep: float = 1.0,
+            seed: int = 0) -> None:
+        """Add the patches of a batch of reference images (per-level maps B x C x h x w).
+
+        `owners`: the reference index of each image (default: new references, numbered on);
+        copies of one reference pass its index again. `keep` < 1 keeps that random share
+        of the batch's patches (seeded by `seed`): a bank of many references times eight
+        orientations would not fit in memory before `subsample`.
+        """
         feats = patch_features(maps, self.pool)
         b, n, c = feats.shape
-        own = torch.arange(self.n_images, self.n_images + b).repeat_interleave(n)
+        if owners is None:
+            owners = torch.arange(self.n_images, self.n_images + b)
+        own = owners.repeat_interleave(n)
         flat = feats.reshape(-1, c)
+        if keep < 1.0:
+            g = torch.Generator().manual_seed(seed)
+            sel = torch.rand(len(flat), generator=g) < keep
+            flat, own = flat[sel], own[sel]
         self.bank = flat if self.bank is None else torch.cat([self.bank, flat])
         self.owners = torch.cat([self.owners, own])
-        self.n_images += b
+        st = window_stats(maps, self.stat_grid)
+        self.stats = torch.cat([self.stats.view(-1, st.shape[-1]), st.reshape(-1, st.shape[-1])])
+        self.stat_owners = torch.cat([self.stat_owners, owners.repeat_interleave(st.shape[1])])
+        self.n_images = max(self.n_images, int(owners.max()) + 1)
 
     def subsample(self, seed: int = 0) -> None:
         """Keep at most `max_patches` rows, drawn uniformly with a fixed seed."""
@@ -79,11 +101,21 @@ class MemoryBank:
 
     def without(self, image_index: int) -> "MemoryBank":
         """A view of the bank without the patches of one reference (for leave-one-out)."""
-        out = MemoryBank(self.pool, self.chunk, self.max_patches)
+        out = MemoryBank(self.pool, self.chunk, self.max_patches, self.stat_grid)
         keep = self.owners != image_index
         out.bank, out.owners = self.bank[keep], self.owners[keep]
+        keep = self.stat_owners != image_index
+        out.stats, out.stat_owners = self.stats[keep], self.stat_owners[keep]
         out.n_images = self.n_images - 1
         return out
+
+    def distribution_score(self, maps: list[torch.Tensor], shrink: float = 0.1) -> torch.Tensor:
+        """B scores: how far the query's window statistics lie from the references' (about 1
+        for a surface like theirs; models/distribution.py)."""
+        if not len(self.stats):
+            raise RuntimeError("memory bank is empty: add reference images first")
+        mu, var = fit_gaussian(self.stats, shrink)
+        return distribution_score(window_stats(maps, self.stat_grid), mu, var)
 
     def score(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """1 - max cosine to the bank on the finest grid (B x 1 x h x w), in 0..2."""
