@@ -146,6 +146,12 @@ class TrainConfig:
     num_workers: int = 0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     followup_prob: float = 0.5   # share of LM samples that ask a follow-up (with the chat so far)
+    # chat fine-tune: share of questions in data_sim.qa.CANONICAL_QUESTIONS' wording (the only
+    # wording anomalygpt.chat puts to the LLM), the follow-up intent mixture (intent -> weight;
+    # {} = uniform over data_sim.qa.FOLLOWUP_INTENTS) and the follow-ups per simulated chat
+    canonical_prob: float = 0.0
+    intent_weights: dict[str, float] = field(default_factory=dict)
+    followups: int = 3
     # fine-tuning: start the trainable parts from a checkpoint ("embedded" or a folder) of the
     # same model config; freeze_detector trains only the chat parts (prompt learner, LoRA)
     init_from: str = ""
@@ -237,6 +243,10 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "memory.weight": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
     "memory.max_patches": (lambda v: v >= 0, "an integer >= 0 (0 keeps every patch)"),
     "train.followup_prob": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
+    "train.canonical_prob": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
+    "train.intent_weights": (lambda v: all(isinstance(w, (int, float)) and w >= 0 for w in v.values())
+                             and (not v or sum(v.values()) > 0), "a mapping intent -> weight >= 0, not all 0"),
+    "train.followups": (lambda v: 1 <= v <= 10, "an integer in 1..10"),
     "memory.max_loo": (lambda v: v >= 2, "an integer >= 2"),
     "memory.dist_weight": (lambda v: v >= 0.0, "a number >= 0 (0 turns the distribution score off)"),
     "memory.dist_floor": (lambda v: v > 0.0, "a positive number"),

@@ -8,7 +8,7 @@ canonical form because it is also what the evaluation parses (yes/no and cells).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -27,9 +27,34 @@ MAIN_QUESTIONS: tuple[str, ...] = (
     "Is this product normal, or does it have an anomaly?",
 )
 NO_ANOMALY = "No, there are no anomalies in the image."
+# The one wording per intent the assistant puts to the LLM (anomalygpt.chat.grounded maps any
+# user phrasing to it), so the chat fine-tune can train on exactly these strings. Each is also
+# one of the templates below. (single, plural) where the wording depends on the region count.
+CANONICAL_QUESTIONS: dict[str, Union[str, tuple[str, str]]] = {
+    "main": MAIN_QUESTIONS[0],
+    "where": ("Where is the anomaly?", "Where are the anomalies?"),
+    "count": "How many anomalies are there?",
+    "size": ("How large is the anomaly?", "How large are the anomalies?"),
+    "clean": "Which cells are clean?",
+    "confidence": "How confident are you?",
+    "cause": "What could cause this?",
+    "action": "What should I do with this part?",
+    "cell_bad": "Is the {cell} cell affected?",
+    "cell_ok": "Is the {cell} cell OK?",
+    "side": "Is the {side} side OK?",
+    "box": "Where exactly is the anomaly?",
+}
 SIZE_WORDS: tuple[tuple[float, str], ...] = ((0.01, "small"), (0.05, "medium"), (float("inf"), "large"))
 NARROW_MARGIN = 0.15  # a score within 15% of the threshold is a close call
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def canonical_question(kind: str, plural: bool = False, cell: Optional[str] = None, side: Optional[str] = None) -> str:
+    """The canonical wording of intent `kind` (a key of CANONICAL_QUESTIONS)."""
+    q = CANONICAL_QUESTIONS[kind]
+    if isinstance(q, tuple):
+        q = q[1] if plural else q[0]
+    return q.replace("{cell}", cell or "").replace("{side}", side or "")
 
 
 def join_words(items: Sequence[str]) -> str:
@@ -121,9 +146,9 @@ def _cell(ri: int, ci: int) -> str:
     return ALL_CELLS[3 * ri + ci]
 
 
-def _q_count(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+def _q_count(regions: Sequence[Region], rng: np.random.Generator, canon: bool = False) -> QA:
     q = _pick(rng, ("How many anomalies are there?", "How many defects can you see?", "How many anomalous regions does the image have?"))
-    return q, count_answer(len(regions))
+    return canonical_question("count") if canon else q, count_answer(len(regions))
 
 
 def count_answer(n: int) -> str:
@@ -135,7 +160,7 @@ def count_answer(n: int) -> str:
     return f"There are {_count_words(n)} anomalies in the image."
 
 
-def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Optional[float]) -> QA:
+def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Optional[float], canon: bool = False) -> QA:
     plural = len(regions) > 1
     q = _pick(
         rng,
@@ -143,7 +168,7 @@ def _q_size(regions: Sequence[Region], rng: np.random.Generator, part_share: Opt
         if plural
         else ("How large is the anomaly?", "How big is the defect?", "How much of the image is anomalous?"),
     )
-    return q, size_answer(regions, part_share)
+    return canonical_question("size", plural) if canon else q, size_answer(regions, part_share)
 
 
 def size_answer(regions: Sequence[Region], part_share: Optional[float] = None) -> str:
@@ -164,11 +189,11 @@ def size_answer(regions: Sequence[Region], part_share: Optional[float] = None) -
     )
 
 
-def _q_where(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+def _q_where(regions: Sequence[Region], rng: np.random.Generator, canon: bool = False) -> QA:
     plural = len(regions) > 1
     q = _pick(rng, ("Where are the anomalies?", "Where are the defects?", "In which grid cells are the defects?")
               if plural else ("Where is the anomaly?", "Where is the defect?", "In which grid cell is the defect?"))
-    return q, where_answer(regions)
+    return canonical_question("where", plural) if canon else q, where_answer(regions)
 
 
 def where_answer(regions: Sequence[Region]) -> str:
@@ -179,10 +204,10 @@ def where_answer(regions: Sequence[Region]) -> str:
     return f"The anomalies are {where}." if len(regions) > 1 else f"The anomaly is {where}."
 
 
-def _q_clean(hit: Sequence[str], rng: np.random.Generator) -> QA:
+def _q_clean(hit: Sequence[str], rng: np.random.Generator, canon: bool = False) -> QA:
     q = _pick(rng, ("Which areas of the image are free of anomalies?", "Where does the image look normal?",
                     "Which parts of the image are fine?", "Which cells are clean?", "Which grid cells look normal?"))
-    return q, clean_answer(hit)
+    return canonical_question("clean") if canon else q, clean_answer(hit)
 
 
 def clean_answer(hit: Sequence[str]) -> str:
@@ -203,7 +228,7 @@ def cell_answer(cell: str, bad: bool, ok_polarity: bool) -> str:
     return f"Yes, there is an anomaly at the {cell} of the image." if bad else f"No, the {cell} of the image looks normal."
 
 
-def _q_cell(hit: Sequence[str], rng: np.random.Generator) -> QA:
+def _q_cell(hit: Sequence[str], rng: np.random.Generator, canon: bool = False) -> QA:
     clean = [c for c in ALL_CELLS if c not in hit]
     pool = list(hit) if hit and (not clean or rng.random() < 0.5) else clean
     cell = pool[int(rng.integers(len(pool)))]
@@ -213,17 +238,19 @@ def _q_cell(hit: Sequence[str], rng: np.random.Generator) -> QA:
         q = _pick(rng, (f"Is the {cell} of the image OK?", f"Does the {cell} of the image look normal?",
                         f"Is the {cell} cell OK?", f"Is the {cell} cell clean?"))
         a = cell_answer(cell, bad, ok_polarity=True)
+        q = canonical_question("cell_ok", cell=cell) if canon else q
     else:
         q = _pick(rng, (f"Is there an anomaly at the {cell} of the image?", f"Is anything wrong at the {cell} of the image?",
                         f"Is the {cell} cell affected?", f"Is there a defect in the {cell} cell?"))
         a = cell_answer(cell, bad, ok_polarity=False)
+        q = canonical_question("cell_bad", cell=cell) if canon else q
     return q, a
 
 
-def _q_side(hit: Sequence[str], rng: np.random.Generator) -> QA:
+def _q_side(hit: Sequence[str], rng: np.random.Generator, canon: bool = False) -> QA:
     side = _pick(rng, SIDES)
     q = _pick(rng, (f"Is the {side} side OK?", f"Does the {side} side of the image look normal?"))
-    return q, side_answer(side, hit)
+    return canonical_question("side", side=side) if canon else q, side_answer(side, hit)
 
 
 SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
@@ -260,11 +287,11 @@ def _q_box(regions: Sequence[Region], shape: tuple[int, int], rng: np.random.Gen
     return q, "The anomalies are " + "; ".join(parts) + tail + more
 
 
-def _q_confidence(score: float, threshold: float, rng: np.random.Generator) -> QA:
+def _q_confidence(score: float, threshold: float, rng: np.random.Generator, canon: bool = False) -> QA:
     """Copies the score and threshold from the facts and reads their margin word."""
     q = _pick(rng, ("How confident are you?", "How sure are you?", "How certain is this verdict?",
                     "Are you sure?", "How reliable is this result?"))
-    return q, confidence_answer(score, threshold)
+    return canonical_question("confidence") if canon else q, confidence_answer(score, threshold)
 
 
 def confidence_answer(score: float, threshold: float) -> str:
@@ -276,11 +303,11 @@ def confidence_answer(score: float, threshold: float) -> str:
     return f"Fairly sure: {nums.format('well')}."
 
 
-def _q_cause(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+def _q_cause(regions: Sequence[Region], rng: np.random.Generator, canon: bool = False) -> QA:
     """The model measures deviation, not its physical cause: it says so and stays grounded."""
     q = _pick(rng, ("What could cause this?", "What caused the anomaly?", "What kind of defect is this?",
                     "What is the defect?", "Why is it anomalous?"))
-    return q, cause_answer(regions)
+    return canonical_question("cause") if canon else q, cause_answer(regions)
 
 
 def cause_answer(regions: Sequence[Region]) -> str:
@@ -292,10 +319,10 @@ def cause_answer(regions: Sequence[Region]) -> str:
                f"and it does so {where}. Compare that spot with your known defect types.")
 
 
-def _q_action(regions: Sequence[Region], rng: np.random.Generator) -> QA:
+def _q_action(regions: Sequence[Region], rng: np.random.Generator, canon: bool = False) -> QA:
     q = _pick(rng, ("What should I do?", "What should I do with this part?", "What do you recommend?",
                     "What should I do next?"))
-    return q, action_answer(regions)
+    return canonical_question("action") if canon else q, action_answer(regions)
 
 
 def action_answer(regions: Sequence[Region]) -> str:
@@ -321,6 +348,8 @@ def conversation(
     part_mask: Optional[np.ndarray] = None,
     score: Optional[float] = None,
     threshold: Optional[float] = None,
+    canonical_prob: float = 0.0,
+    intent_weights: Optional[Mapping[str, float]] = None,
 ) -> list[QA]:
     """[(main question, main answer), follow-ups...] for one image's ground truth.
 
@@ -329,6 +358,12 @@ def conversation(
     object's mask, so sizes can be given as a share of the part instead of the image.
     ``n_followups`` distinct intents are chosen by ``rng`` from ``FOLLOWUP_INTENTS``;
     "confidence" only when the ``score`` and ``threshold`` written into the facts are given.
+
+    For the chat fine-tune: ``canonical_prob`` is the share of questions put in their
+    CANONICAL_QUESTIONS wording (the only wording the assistant asks the LLM), and
+    ``intent_weights`` (intent -> weight, keys from FOLLOWUP_INTENTS plus "main", the first
+    question asked again later in the chat) replaces the uniform draw of follow-up intents.
+    With neither, the draws are exactly those of the uniform mixture.
     """
     if isinstance(mask_or_parts, np.ndarray) and mask_or_parts.ndim == 2:
         union = mask_or_parts > 0
@@ -343,28 +378,48 @@ def conversation(
         union = np.zeros(shape, bool)
     hit = affected_cells(union, regions, min_pixels=min_area)
     part_share = float(part_mask.mean()) if part_mask is not None and part_mask.any() and not part_mask.all() else None
+    def canon() -> bool:
+        return canonical_prob > 0 and rng.random() < canonical_prob
+
+    def main_q() -> str:
+        q = _pick(rng, MAIN_QUESTIONS)
+        return MAIN_QUESTIONS[0] if canon() else q
+
     makers = {
-        "where": lambda: _q_where(regions, rng),
-        "count": lambda: _q_count(regions, rng),
-        "size": lambda: _q_size(regions, rng, part_share),
-        "clean": lambda: _q_clean(hit, rng),
-        "cell": lambda: _q_cell(hit, rng),
-        "side": lambda: _q_side(hit, rng),
+        "main": lambda: (main_q(), main_answer(regions)),
+        "where": lambda: _q_where(regions, rng, canon()),
+        "count": lambda: _q_count(regions, rng, canon()),
+        "size": lambda: _q_size(regions, rng, part_share, canon()),
+        "clean": lambda: _q_clean(hit, rng, canon()),
+        "cell": lambda: _q_cell(hit, rng, canon()),
+        "side": lambda: _q_side(hit, rng, canon()),
         "box": lambda: _q_box(regions, shape, rng),
-        "cause": lambda: _q_cause(regions, rng),
-        "action": lambda: _q_action(regions, rng),
-        "confidence": lambda: _q_confidence(score, threshold, rng),
+        "cause": lambda: _q_cause(regions, rng, canon()),
+        "action": lambda: _q_action(regions, rng, canon()),
+        "confidence": lambda: _q_confidence(score, threshold, rng, canon()),
     }
-    intents = [i for i in FOLLOWUP_INTENTS if i != "confidence" or (score is not None and threshold is not None)]
-    out: list[QA] = [(_pick(rng, MAIN_QUESTIONS), main_answer(regions))]
-    k = max(0, min(n_followups, len(intents)))
-    for i in sorted(rng.choice(len(intents), size=k, replace=False)):
+    has_scores = score is not None and threshold is not None
+    if intent_weights:
+        unknown = sorted(set(intent_weights) - set(makers))
+        if unknown:
+            raise ValueError(f"intent_weights: unknown intents {unknown}; use {sorted(makers)}")
+        intents = [i for i, w in intent_weights.items() if w > 0 and (i != "confidence" or has_scores)]
+        p = np.array([intent_weights[i] for i in intents], float)
+        p = p / p.sum()
+    else:
+        intents = [i for i in FOLLOWUP_INTENTS if i != "confidence" or has_scores]
+        p = None
+    out: list[QA] = [(main_q(), main_answer(regions))]
+    k = max(0, min(n_followups, len(intents), int(np.count_nonzero(p)) if p is not None else len(intents)))
+    for i in sorted(rng.choice(len(intents), size=k, replace=False, p=p)):
         out.append(makers[intents[int(i)]]())
     return out
 
 
 __all__ = [
     "MAIN_QUESTIONS",
+    "CANONICAL_QUESTIONS",
+    "canonical_question",
     "NO_ANOMALY",
     "FOLLOWUP_INTENTS",
     "conversation",

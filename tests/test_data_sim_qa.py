@@ -113,3 +113,42 @@ def test_to_regions_accepts_mask_or_parts() -> None:
     m = _blob(*_centre_of("center"))
     assert to_regions(m)[0]["cell"] == "center"
     assert to_regions([m])[0]["cell"] == "center"
+
+
+def test_canonical_questions_are_trained_templates() -> None:
+    """The wordings the assistant puts to the LLM are among the training questions."""
+    from anomalygpt.evaluation.heldout_phrasings import training_wordings
+    from data_sim.qa import CANONICAL_QUESTIONS, SIDES, canonical_question
+
+    trained = training_wordings()
+    for kind in CANONICAL_QUESTIONS:
+        for plural in (False, True):
+            for cell in ALL_CELLS:
+                for side in SIDES:
+                    q = canonical_question(kind, plural, cell=cell, side=side)
+                    assert "{" not in q and q.lower() in trained, q
+
+
+def test_chat_finetune_mixture_canonical_wording_and_weights() -> None:
+    """canonical_prob=1 puts every question in its canonical wording; intent_weights decides
+    which follow-ups are drawn (weight 0: never; "main": the first question asked again)."""
+    from data_sim.qa import CANONICAL_QUESTIONS, canonical_question
+
+    canon = {canonical_question(k, p, cell=c, side=s) for k in CANONICAL_QUESTIONS for p in (False, True)
+             for c in ALL_CELLS for s in ("left", "right", "top", "bottom")}
+    m = _blob(*_centre_of("top left"), r=8) | _blob(*_centre_of("bottom right"), r=3)
+    weights = {"main": 1.0, "confidence": 1.0, "where": 1.0, "count": 0.0}
+    seen = set()
+    for seed in range(40):
+        conv = conversation(m, np.random.default_rng(seed), n_followups=3, score=3.0, threshold=1.0,
+                            canonical_prob=1.0, intent_weights=weights)
+        assert len(conv) == 4  # main + the three intents with a weight
+        for q, a in conv:
+            assert q in canon, q
+            seen.add(q)
+            assert not q.startswith("How many")
+        assert sum(q == MAIN_QUESTIONS[0] for q, _ in conv) == 2
+        assert conv[0][1] == main_answer(to_regions(m, 16))
+    assert "How confident are you?" in seen and "Where are the anomalies?" in seen
+    with pytest.raises(ValueError, match="unknown intents"):
+        conversation(m, np.random.default_rng(0), intent_weights={"colour": 1.0})

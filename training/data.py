@@ -96,7 +96,9 @@ class SimulatedAnomalyDataset(Dataset):
 
     def __init__(self, images: Sequence[Path], size: int, n: int, seed: int, sim: SimConfig,
                  sources: Sequence[Path] | None = None, stream: int | None = None,
-                 followup_prob: float = FOLLOWUP_PROB, object_name: str | None = None) -> None:
+                 followup_prob: float = FOLLOWUP_PROB, object_name: str | None = None,
+                 canonical_prob: float = 0.0, intent_weights: dict[str, float] | None = None,
+                 followups: int = 3) -> None:
         if not images:
             raise ValueError("no images to simulate anomalies on")
         if n < 1:
@@ -110,6 +112,9 @@ class SimulatedAnomalyDataset(Dataset):
         self.stream = stream
         self.followup_prob = followup_prob
         self.object_name = object_name
+        self.canonical_prob = canonical_prob
+        self.intent_weights = dict(intent_weights or {})
+        self.followups = followups
         self.n_anomalous = int(round(sim.anomalous_fraction * n))
         # image order: one seeded permutation; anomalous slot k and normal slot k share an image
         key = [seed, 2**31 - 1] if stream is None else [seed, stream, 2**31 - 1]
@@ -151,7 +156,8 @@ class SimulatedAnomalyDataset(Dataset):
         name = self.object_name
         if rng.random() < OBJECT_NAME_PROB and name is None:
             name = OBJECT_NAMES[int(rng.integers(len(OBJECT_NAMES)))]
-        conv = conversation(gt, rng, min_area=MIN_AREA, score=score, threshold=threshold)
+        conv = conversation(gt, rng, min_area=MIN_AREA, n_followups=self.followups, score=score, threshold=threshold,
+                            canonical_prob=self.canonical_prob, intent_weights=self.intent_weights or None)
         union = np.logical_or.reduce(parts) if parts else mask
         facts = facts_text(score, threshold, [Region.from_measured(r, score) for r in regions] if label else [],
                            base.shape[:2], affected_cells(union, regions, min_pixels=MIN_AREA) if label else None,

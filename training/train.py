@@ -64,7 +64,8 @@ METRIC_FIELDS = ["step", "loss", "focal", "dice", "lm", "lr", "lora_lr", "grad_n
 REFERENCE_SHOTS = 4   # normal references for the fused-map threshold the inspector uses with references
 VAL_STREAM = 1        # seed stream of the validation anomalies (training items use none)
 # train settings that decide which data a step sees: a resume with other values is not the same run
-_RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "n_samples", "data", "sim")
+_RESUME_MUST_MATCH = ("seed", "batch_size", "grad_accum", "n_samples", "data", "sim", "canonical_prob", "intent_weights",
+                      "followups")
 
 
 # ---------------------------------------------------------------------------- model wrapper
@@ -464,7 +465,9 @@ def run(cfg: ModelConfig, resume: bool = False, stop_after: int | None = None) -
     images = normal_training_images(",".join(tc.data))
     train_images, val_images = split_images(images)
     train_ds = SimulatedAnomalyDataset(train_images, cfg.encoder.image_size, tc.n_samples, tc.seed, tc.sim,
-                                       sources=train_images, followup_prob=tc.followup_prob, object_name=None)
+                                       sources=train_images, followup_prob=tc.followup_prob, object_name=None,
+                                       canonical_prob=tc.canonical_prob, intent_weights=tc.intent_weights,
+                                       followups=tc.followups)
 
     set_seed(tc.seed)  # same seed on every rank: identical initial trainable parts (and random test LLMs)
     comps = build(cfg, with_llm=True)

@@ -9,7 +9,8 @@ checker finds that the LLM's answer contradicts the report.
 """
 from __future__ import annotations
 
-from data_sim.qa import (MAIN_QUESTIONS, action_answer, cause_answer, cell_answer, clean_answer, confidence_answer,
+from data_sim.qa import canonical_question as qa_canonical
+from data_sim.qa import (action_answer, cause_answer, cell_answer, clean_answer, confidence_answer,
                          count_answer, main_answer, side_answer, size_answer, where_answer)
 
 from ..report import InspectionReport
@@ -27,25 +28,17 @@ def _regions(report: InspectionReport) -> list[dict]:
 
 
 def canonical_question(intent: Intent, report: InspectionReport) -> str | None:
-    """The trained question the LLM is asked for `intent` (None: the LLM is not asked)."""
+    """The trained question the LLM is asked for `intent` (None: the LLM is not asked);
+    the wordings are data_sim.qa.CANONICAL_QUESTIONS, which the chat fine-tune trains on."""
     plural = report.is_anomalous and len(report.regions) > 1
     name = intent.name
     if name in ("main", "main_ok", "decision_pass", "decision_reject", "ignore"):
-        return MAIN_QUESTIONS[0]  # "Is there any anomaly in the image?"
-    table = {
-        "where": "Where are the anomalies?" if plural else "Where is the anomaly?",
-        "count": "How many anomalies are there?",
-        "size": "How large are the anomalies?" if plural else "How large is the anomaly?",
-        "clean": "Which cells are clean?",
-        "confidence": "How confident are you?",
-        "cause": "What could cause this?",
-        "action": "What should I do with this part?",
-        "cell_bad": f"Is the {intent.cell} cell affected?",
-        "cell_ok": f"Is the {intent.cell} cell OK?",
-        "side_ok": f"Is the {intent.side} side OK?",
-        "side_bad": f"Is the {intent.side} side OK?",
-    }
-    return table.get(name)
+        return qa_canonical("main")
+    if name in ("side_ok", "side_bad"):
+        return qa_canonical("side", side=intent.side)
+    if name in ("where", "count", "size", "clean", "confidence", "cause", "action", "cell_bad", "cell_ok"):
+        return qa_canonical(name, plural, cell=intent.cell)
+    return None
 
 
 def flips(intent: Intent) -> bool:

@@ -15,6 +15,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from ..chat.claims import opening_word
+
 # roc_auc_score sorts every pixel; beyond this many (MVTec at full size has ~10^9) a fixed
 # random subset gives the same AUROC to ~1e-3 at a fraction of the time and memory.
 MAX_PIXELS = 4_000_000
@@ -165,9 +167,10 @@ def opening_yes_no(text: str) -> int | None:
     """1 / 0 for an answer whose first word is exactly "yes" / "no", else None.
 
     Stricter than `answer_says_anomalous`: the trained answer format opens with yes or no,
-    and the training validation and the follow-up check hold the model to that format."""
-    words = re.findall(r"[a-z]+", text.lower())
-    return {"yes": 1, "no": 0}.get(words[0]) if words else None
+    and the training validation and the follow-up check hold the model to that format. The
+    word is read by the chat's claim checker (anomalygpt.chat.claims.opening_word), so the
+    evaluation and the assistant's check can never read an opening differently."""
+    return {"yes": 1, "no": 0}.get(opening_word(text) or "")
 
 
 def answer_says_anomalous(text: str | None) -> bool | None:
