@@ -54,6 +54,9 @@ CASES = [
     (GOOD, Intent("size"), "The anomaly is small: it covers about 0.4% of the image.", False),
     (BAD, Intent("clean"), CLEAN_OF_BAD, True),
     (BAD, Intent("clean"), CLEAN_OF_BAD.replace("the bottom center", "the bottom right"), False),
+    # the right set of cells, but a garbled list (the demo's LLM answer once repeated a cell)
+    (BAD, Intent("clean"), CLEAN_OF_BAD.replace("the bottom center", "the bottom center and the top center"), False),
+    (BAD, Intent("where"), "There are 1 anomalies in the image, at the bottom right.", False),
     (GOOD, Intent("clean"), "The whole image looks normal.", True),
     (GOOD, Intent("clean"), "No area of the image is entirely free of anomalies.", False),
     (BAD, Intent("cell_bad", cell="bottom right"), "Yes, there is an anomaly at the bottom right of the image.", True),

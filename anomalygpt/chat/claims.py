@@ -218,6 +218,14 @@ def check_answer(report: InspectionReport, intent: Intent, answer: str) -> Check
                 problems.append("does not say the part is normal")
             if name == "cause" and re.search(_INVENTED_CAUSE, low):
                 problems.append("names a cause the image cannot show")
+    # garbled wording: a list that names a cell twice, or "there are 1 ..." (both seen from the LLM
+    # on true facts; the user would read them as a broken answer even when the set of cells is right)
+    raw = parse_cells(answer)
+    repeated = sorted({c for c in raw if raw.count(c) > 1})
+    if repeated:
+        problems.append(f"names {repeated} more than once")
+    if re.search(r"\bthere are (1|one)\b", low):
+        problems.append("says 'there are' of one")
     # a count stated anywhere must be the report's
     if name not in ("count", "offtopic"):
         n = said_count(answer)
