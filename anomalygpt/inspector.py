@@ -21,8 +21,8 @@ from .models.detector import gaussian_blur
 from .images import ImageLike, batch_tensor, crop_to_content, letterbox, load_image, resize_map
 from .models.memory_bank import MemoryBank
 from .chat.answer import ChatAnswer, finish, plan, record
-from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix
-from .chat.intents import recognize
+from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix, trained_history
+from .chat.intents import Intent, recognize
 from .report import InspectionReport, Region
 from .zeroshot.modes import ZeroShotContext, ZeroShotMode, ZeroShotResult, get_mode
 
@@ -85,6 +85,9 @@ class AnomalyGPT:
         # every answer is routed by intent and checked against the report (anomalygpt.chat);
         # False gives the bare LLM on the user's wording (chat_check --no-checker measures it)
         self.check_answers = True
+        # "trained": earlier turns reach the LLM cut to the shape of the training chats
+        # (chat.grounded.trained_history); "full": every earlier turn, as before
+        self.llm_history = "trained"
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True,
@@ -360,7 +363,7 @@ class AnomalyGPT:
             raw = None
             if asked is not None:
                 raw = self.lvlm.generate(glob, amap, [asked], facts=[report.facts()],
-                                         histories=[self._llm_history(report, history)])[0]
+                                         histories=[self._llm_history(report, history, intent)])[0]
             done = finish(report, question, intent, raw, spent_s=spent)
         record(report, done)
         return done
@@ -384,7 +387,7 @@ class AnomalyGPT:
         if asked is None:
             return self._stream_fixed(report, question, intent)
         pieces = self.lvlm.stream_generate(glob, amap, asked, facts=report.facts(),
-                                           history=self._llm_history(report, history),
+                                           history=self._llm_history(report, history, intent),
                                            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
         return self._stream_checked(report, question, intent, pieces, spent)
 
@@ -411,9 +414,11 @@ class AnomalyGPT:
             yield flip_opening(raw)
         record(report, finish(report, question, intent, raw.strip(), spent_s=spent))
 
-    def _llm_history(self, report: InspectionReport, history: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    def _llm_history(self, report: InspectionReport, history: list[tuple[str, str]] | None,
+                     current: Intent | None = None) -> list[tuple[str, str]]:
         """Earlier turns as the LLM was trained on them: each question in its trained form and
-        the answer in that form's polarity; off-topic turns are left out."""
+        the answer in that form's polarity; off-topic turns are left out; with `current` (the
+        intent now asked) and llm_history "trained", cut to the training chats' shape."""
         out = []
         for q, a in history or []:
             intent = recognize(q)
@@ -422,6 +427,8 @@ class AnomalyGPT:
                 continue
             a = a[len(IGNORE_PREFIX):] if a.startswith(IGNORE_PREFIX) else a
             out.append((asked, flip_opening(a) if flips(intent) else a))
+        if self.llm_history == "trained" and current is not None:
+            return trained_history(current, out)
         return out
 
     def _inputs_of(self, report: InspectionReport) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=16, help="simulated items (half anomalous)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--history", choices=("trained", "full"), default="trained",
+                   help="earlier turns given to the LLM: cut to the training chats' shape, or all")
     args = p.parse_args(argv)
 
     import dataclasses
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
     assistant = AnomalyGPT.from_pretrained(args.checkpoint)
+    assistant.llm_history = args.history
     cfg = load_config("configs/embedded.yaml", [])
     _, val_images = split_images(normal_training_images(",".join(cfg.train.data)))
     elpv_val = [q for q in val_images if "elpv" in str(q).lower()] or val_images
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"checkpoint": args.checkpoint, "summary": summary, "rows": rows}, indent=1))
+    tmp.write_text(json.dumps({"checkpoint": args.checkpoint, "history": args.history, "summary": summary,
+                               "rows": rows}, indent=1))
     tmp.replace(args.out)
     return 0
 

@@ -218,3 +218,21 @@ def test_stream_turns_the_opening_round_and_records_the_checked_turn():
     shown = "".join(bot._stream_checked(report, "Is the bottom damaged?", Intent("side_bad", side="bottom"), wrong, 0.0))
     assert shown == "No, the bottom side looks normal." and report.turns[-1]["corrected"]
     assert report.turns[-1]["text"].startswith("Yes, there is an anomaly on the bottom side")
+
+
+def test_history_reaches_the_llm_in_the_training_chats_shape():
+    from anomalygpt.chat.grounded import TRAINED_FOLLOWUPS, trained_history
+    main_q = qa.canonical_question("main")
+    turns = [(main_q, "Yes, there is an anomaly at the bottom right of the image."),
+             ("Where is the anomaly?", "The anomaly is at the bottom right of the image."),
+             ("How many anomalies are there?", "There is one anomaly in the image."),
+             ("Which cells are clean?", CLEAN_OF_BAD),
+             ("How large is the anomaly?", "The anomaly is large: it covers about 8.3% of the image.")]
+    # the main question only ever opened a training chat: asked again, it gets no history
+    for name in ("main", "main_ok", "decision_pass", "decision_reject", "ignore"):
+        assert trained_history(Intent(name), turns) == []
+    # a follow-up sees the main turn and the latest TRAINED_FOLLOWUPS - 1 follow-ups, in order
+    cut = trained_history(Intent("count"), turns)
+    assert cut == [turns[0], *turns[-(TRAINED_FOLLOWUPS - 1):]]
+    assert trained_history(Intent("count"), turns[1:]) == turns[1:][-(TRAINED_FOLLOWUPS - 1):]
+    assert trained_history(Intent("count"), []) == []

@@ -21,6 +21,12 @@ OFFTOPIC_ANSWER = ("I can only help with the inspected part: ask me whether it h
 IGNORE_PREFIX = "I answer from the measured report only. "
 # intents whose user polarity is the opposite of the trained question's
 _FLIPPED = {"main_ok", "decision_pass", "side_bad"}
+# intents put to the LLM as the main question ("Is there any anomaly in the image?")
+MAIN_FORM = ("main", "main_ok", "decision_pass", "decision_reject", "ignore")
+# follow-ups the training chats put after the main question (data_sim.qa.conversation, followups=3)
+TRAINED_FOLLOWUPS = 3
+
+
 
 
 def _regions(report: InspectionReport) -> list[dict]:
@@ -32,13 +38,28 @@ def canonical_question(intent: Intent, report: InspectionReport) -> str | None:
     the wordings are data_sim.qa.CANONICAL_QUESTIONS, which the chat fine-tune trains on."""
     plural = report.is_anomalous and len(report.regions) > 1
     name = intent.name
-    if name in ("main", "main_ok", "decision_pass", "decision_reject", "ignore"):
+    if name in MAIN_FORM:
         return qa_canonical("main")
     if name in ("side_ok", "side_bad"):
         return qa_canonical("side", side=intent.side)
     if name in ("where", "count", "size", "clean", "confidence", "cause", "action", "cell_bad", "cell_ok"):
         return qa_canonical(name, plural, cell=intent.cell)
     return None
+
+
+def trained_history(intent: Intent, history: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The earlier turns (already in their trained form) cut to the shape the LLM was trained on:
+    the main question only ever opened a training chat, so it is asked with no history; a
+    follow-up saw the main question's turn (the latest one given) and at most
+    TRAINED_FOLLOWUPS - 1 follow-ups before it.
+    Longer or other histories are contexts the LoRA never saw (the main question asked again
+    after several turns was answered against the report in a third of the chats)."""
+    if intent.name in MAIN_FORM:
+        return []
+    main_q = qa_canonical("main")
+    mains = [turn for turn in history if turn[0] == main_q]
+    followups = [turn for turn in history if turn[0] != main_q][-(TRAINED_FOLLOWUPS - 1):]
+    return mains[-1:] + followups
 
 
 def flips(intent: Intent) -> bool:
