@@ -127,20 +127,20 @@ class AnomalyGPT:
             held = np.linspace(0, len(x) - 1, n_loo).round().astype(int)
             maps, _ = self.detector.encode(x[held])
             dec_map = self.detector.decoder(maps, size)[0]
-            # each held-out reference against the bank of the others; fused only once the
-            # set's own ref_scale is known, so no fusion with the checkpoint's scale is wasted
-            ref_map = torch.cat([self.detector.reference_map([m[j:j + 1] for m in maps], size=size,
-                                                             bank=bank.without(int(i)))
-                                 for j, i in enumerate(held)])
+            # each held-out reference against the bank of the others (one copy of that bank
+            # at a time); fused only once the set's own ref_scale is known, so no fusion with
+            # the checkpoint's scale is wasted
+            ref_maps, dists = [], []
+            for j, i in enumerate(held):
+                one, others = [m[j:j + 1] for m in maps], bank.without(int(i))
+                ref_maps.append(self.detector.reference_map(one, size=size, bank=others))
+                dists.append(self.detector.distribution(one, others))
+            ref_map = torch.cat(ref_maps)
             ref_scores = self.detector.image_score(ref_map).numpy().astype(np.float64)
             if n_loo >= MIN_LOO_FOR_SCALE:
                 ref_scale = max(float(ref_scores.std()), 1e-4)
-            fused = self.detector.image_score(self.detector.fuse(dec_map, ref_map, ref_scale))
-            if self.cfg.memory.dist_weight > 0:  # the same image score as a query's (Detector.detect_features)
-                fused = fused + self.detector.dist_term(torch.cat([
-                    bank.without(int(i)).distribution_score([m[j:j + 1] for m in maps], self.cfg.memory.dist_shrink)
-                    for j, i in enumerate(held)]))
-            s = fused.numpy().astype(np.float64)
+            dist = None if dists[0] is None else torch.cat(dists)
+            s = self.detector.total_score(self.detector.fuse(dec_map, ref_map, ref_scale), dist).numpy().astype(np.float64)
             # the checkpoint's rule on the held-out references' scores; their max alone is
             # ruled by the one odd reference and sat above most real defects on ELPV
             threshold = threshold_rule(s)[0]

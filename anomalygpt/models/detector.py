@@ -118,6 +118,18 @@ class Detector(nn.Module):
         m = self.cfg.memory
         return m.dist_weight * (torch.log(dist.clamp_min(1e-6)) - math.log(m.dist_floor)).clamp_min(0)
 
+    def distribution(self, maps: list[torch.Tensor], bank: MemoryBank) -> torch.Tensor | None:
+        """Each image's distribution score against `bank` (None when memory.dist_weight is 0: off)."""
+        if self.cfg.memory.dist_weight <= 0:
+            return None
+        return bank.distribution_score(maps, self.cfg.memory.dist_shrink)
+
+    def total_score(self, fused: torch.Tensor, dist: torch.Tensor | None) -> torch.Tensor:
+        """The image score: the smoothed map's max, plus the distribution term when there is
+        one. Queries and the leave-one-out threshold both score through here."""
+        scores = self.image_score(fused)
+        return scores if dist is None else scores + self.dist_term(dist)
+
     def forward(self, images: torch.Tensor, bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
         maps, glob = self.encode(images)
         return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank, ref_scale)
@@ -128,13 +140,8 @@ class Detector(nn.Module):
         dec_map, logits = self.decoder(maps, size)
         ref, dist = None, None
         fused = dec_map
-        scores = None
         if bank is not None and len(bank):
             ref = self.reference_map(maps, bank, size)
             fused = self.fuse(dec_map, ref, ref_scale)
-            if self.cfg.memory.dist_weight > 0:
-                dist = bank.distribution_score(maps, self.cfg.memory.dist_shrink)
-                scores = self.image_score(fused) + self.dist_term(dist)
-        if scores is None:
-            scores = self.image_score(fused)
-        return Detection(fused, dec_map, ref, logits, glob, scores, dist)
+            dist = self.distribution(maps, bank)
+        return Detection(fused, dec_map, ref, logits, glob, self.total_score(fused, dist), dist)
