@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Iterator
 
@@ -49,11 +49,10 @@ class ClientError(Exception):
         self.status = status
 
 
-@dataclass
-class Chat:
-    """A report and the turns asked about it so far (the history the next answer sees)."""
-    report: InspectionReport
-    history: list[tuple[str, str]] = field(default_factory=list)
+def chat_history(report: InspectionReport) -> list[tuple[str, str]]:
+    """The turns asked about a report so far, as the next answer sees them: the assistant
+    records every checked turn (question and the text shown) on `report.turns`."""
+    return [(turn["question"], turn["text"]) for turn in getattr(report, "turns", None) or []]
 
 
 class Question(BaseModel):
@@ -89,7 +88,7 @@ def create_app(assistant: AnomalyGPT, checkpoint: str = "embedded", max_queue: i
     app = FastAPI(title="AnomalyGPT-lite", version=__version__, lifespan=lifespan,
                   description="Industrial inspection: anomaly report of an image, then questions about it. "
                               "Errors are JSON {\"error\": \"...\"}.")
-    reports: Store[Chat] = Store("report", max_reports)
+    reports: Store[InspectionReport] = Store("report", max_reports)
     ref_sets: Store[ReferenceSet] = Store("reference set", max_reference_sets)
     started = time.time()
     app.state.worker, app.state.assistant = worker, assistant
@@ -204,13 +203,12 @@ def create_app(assistant: AnomalyGPT, checkpoint: str = "embedded", max_queue: i
         report.source = name
         if ref_uploads and used is not None:
             new_ref_id = ref_sets.add(used)
-        chat = Chat(report, [(question, report.answer)] if question and report.answer else [])
         out = report.to_dict()
-        out["report_id"] = reports.add(chat)
+        out["report_id"] = reports.add(report)
         out["reference_set_id"] = new_ref_id or reference_set_id
         return out
 
-    def get_chat(report_id: str) -> Chat:
+    def get_report_by_id(report_id: str) -> InspectionReport:
         try:
             return reports.get(report_id)
         except KeyError as e:
@@ -218,8 +216,7 @@ def create_app(assistant: AnomalyGPT, checkpoint: str = "embedded", max_queue: i
 
     @app.get("/reports/{report_id}", summary="A stored report with its chat turns")
     async def get_report(report_id: str) -> dict[str, Any]:
-        chat = get_chat(report_id)
-        return chat.report.to_dict() | {"report_id": report_id}
+        return get_report_by_id(report_id).to_dict() | {"report_id": report_id}
 
     @app.post("/reports/{report_id}/ask", summary="Ask about a report; the answer streams as server-sent events",
               response_class=StreamingResponse,
@@ -227,7 +224,7 @@ def create_app(assistant: AnomalyGPT, checkpoint: str = "embedded", max_queue: i
                                "description": "events `piece` ({\"text\"}) as the answer is generated, then `done` "
                                               "(the checked turn: text, corrected, intent) or `error`"}})
     async def ask(report_id: str, body: Question) -> StreamingResponse:
-        chat = get_chat(report_id)
+        report = get_report_by_id(report_id)
         if assistant.lvlm is None:
             raise ClientError(400, "this server runs without the LLM (--no-llm); restart it with the LLM to ask")
         question = body.question.strip()
@@ -235,10 +232,8 @@ def create_app(assistant: AnomalyGPT, checkpoint: str = "embedded", max_queue: i
             raise ClientError(422, "question is blank; send {\"question\": \"...\"}")
 
         def pieces():
-            yield from assistant.stream_ask(chat.report, question, list(chat.history))
-            turn = chat.report.turns[-1] if chat.report.turns else {"question": question, "text": "", "corrected": False}
-            chat.history.append((question, turn["text"]))
-            yield _Done(turn)
+            yield from assistant.stream_ask(report, question, chat_history(report))
+            yield _Done(report.turns[-1])  # stream_ask recorded the checked turn
 
         items = worker.stream(pieces)  # queued now: a full queue is a 503 before the stream starts
 
