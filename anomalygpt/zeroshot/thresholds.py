@@ -2,6 +2,8 @@
 hand-set number. Pure numpy."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 MAD_TO_STD = 1.4826  # MAD x this = standard deviation for a normal distribution
@@ -36,7 +38,7 @@ MIN_SET = 8  # fewer scores give no usable picture of two populations
 SET_RULES = ("lower", "gmm", "mode")
 
 
-def set_threshold(scores: np.ndarray, rule: str = "lower", k: float = 2.0, fraction: float = 0.2) -> tuple[float, str]:
+def set_threshold(scores: np.ndarray, rule: str = "gmm", k: float = 2.0, fraction: float = 0.2) -> tuple[float, str]:
     """Threshold from the score distribution of a set (MIN_SET or more images) of one
     product, no labels. "lower": `gmm_lower_threshold` (the lower of two log-score
     populations + k std); "gmm": `gmm_threshold` (the two populations' posterior crossing);
@@ -55,18 +57,25 @@ def set_threshold(scores: np.ndarray, rule: str = "lower", k: float = 2.0, fract
     return thr, f"densest {fraction:.0%} of the {len(s)} images' log scores + {k:g} x the spread below it"
 
 
+def log_mixture(s: np.ndarray) -> tuple[np.ndarray, Any, bool]:
+    """(log scores as a column, the two-component mixture fitted to them, whether BIC prefers
+    ONE component): the fit both mixture rules below read."""
+    from sklearn.mixture import GaussianMixture
+
+    x = np.log(np.maximum(s, 1e-6)).reshape(-1, 1)
+    one = GaussianMixture(1, random_state=0).fit(x)
+    two = GaussianMixture(2, random_state=0, n_init=3).fit(x)
+    return x, two, one.bic(x) <= two.bic(x)
+
+
 def gmm_lower_threshold(scores: np.ndarray, k: float) -> tuple[float, str]:
     """Two-component mixture on log scores (BIC picks one or two); the LOWER component is
     the normal population and the threshold is its mean + k std (one component: the whole
     set's median + k robust std). Unlike the posterior crossing it does not move with the
     defects' share, only with how the normal parts spread."""
-    from sklearn.mixture import GaussianMixture
-
     s = np.asarray(scores, np.float64).ravel()
-    x = np.log(np.maximum(s, 1e-6)).reshape(-1, 1)
-    one = GaussianMixture(1, random_state=0).fit(x)
-    two = GaussianMixture(2, random_state=0, n_init=3).fit(x)
-    if one.bic(x) <= two.bic(x):
+    x, two, one_population = log_mixture(s)
+    if one_population:
         med, spread = robust_z(x)
         return float(np.exp(med + k * spread)), f"median + {k:g} robust std of the {len(s)} images' log scores (one population)"
     lo = int(np.argmin(two.means_.ravel()))
@@ -83,15 +92,11 @@ def gmm_threshold(scores: np.ndarray) -> tuple[float, str]:
     defective). When BIC prefers ONE component the set looks like one population, taken as
     normal parts, and the project's rule for normal scores applies (mean + 1 std,
     `calibrate.threshold_rule`), so a folder of good parts is not split in two."""
-    from sklearn.mixture import GaussianMixture
-
     s = np.asarray(scores, np.float64).ravel()
     if len(s) < MIN_SET:
         raise ValueError(f"a set threshold needs at least {MIN_SET} images, got {len(s)}")
-    x = np.log(np.maximum(s, 1e-6)).reshape(-1, 1)
-    one = GaussianMixture(1, random_state=0).fit(x)
-    two = GaussianMixture(2, random_state=0, n_init=3).fit(x)
-    if one.bic(x) <= two.bic(x):
+    _, two, one_population = log_mixture(s)
+    if one_population:
         from ..calibrate import threshold_rule  # the one rule for normal scores
 
         return threshold_rule(s)[0], f"mean + 1 std of the {len(s)} images (one population)"
