@@ -34,6 +34,7 @@ DEFAULT_QUESTION = "Is there any anomaly in the image?"
 MIN_REGION_SHARE = 0.001  # regions under 0.1% of the image are noise, not findings
 MIN_LOO_FOR_SCALE = 4     # fewer leave-one-out scores give no usable spread: use the checkpoint's scale
 VIEWS_PER_REFERENCE = 12  # normal views and simulated anomalies per reference for the 1-3 reference threshold
+MAX_HISTORY_TURNS = 4     # llm_history "full" and the unchecked LLM: only the latest turns reach the prompt
 
 
 @dataclass
@@ -86,7 +87,8 @@ class AnomalyGPT:
         # False gives the bare LLM on the user's wording (chat_check --no-checker measures it)
         self.check_answers = True
         # "trained": earlier turns reach the LLM cut to the shape of the training chats
-        # (chat.grounded.trained_history); "full": every earlier turn, as before
+        # (chat.grounded.trained_history); "full": the latest MAX_HISTORY_TURNS turns, as before.
+        # Callers pass the whole chat; the cut is made here, so no caller can drop the main turn
         self.llm_history = "trained"
 
     @classmethod
@@ -354,7 +356,7 @@ class AnomalyGPT:
             raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
         glob, amap = self._inputs_of(report)
         if not self.check_answers:
-            text = self.lvlm.generate(glob, amap, [question], facts=[report.facts()], histories=[list(history or [])])[0]
+            text = self.lvlm.generate(glob, amap, [question], facts=[report.facts()], histories=[list(history or [])[-MAX_HISTORY_TURNS:]])[0]
             done = ChatAnswer(question, text, "unchecked", text)
         else:
             t0 = time.perf_counter()
@@ -379,7 +381,8 @@ class AnomalyGPT:
             raise RuntimeError("this assistant was loaded without the LLM; use from_pretrained(..., with_llm=True)")
         glob, amap = self._inputs_of(report)
         if not self.check_answers:
-            return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(), history=list(history or []),
+            return self.lvlm.stream_generate(glob, amap, question, facts=report.facts(),
+                                             history=list(history or [])[-MAX_HISTORY_TURNS:],
                                              max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
         t0 = time.perf_counter()
         intent, asked = plan(report, question)
@@ -418,7 +421,8 @@ class AnomalyGPT:
                      current: Intent | None = None) -> list[tuple[str, str]]:
         """Earlier turns as the LLM was trained on them: each question in its trained form and
         the answer in that form's polarity; off-topic turns are left out; with `current` (the
-        intent now asked) and llm_history "trained", cut to the training chats' shape."""
+        intent now asked) and llm_history "trained", cut to the training chats' shape; otherwise
+        the latest MAX_HISTORY_TURNS turns (prompt length, hence CPU time, grows with each)."""
         out = []
         for q, a in history or []:
             intent = recognize(q)
@@ -429,7 +433,7 @@ class AnomalyGPT:
             out.append((asked, flip_opening(a) if flips(intent) else a))
         if self.llm_history == "trained" and current is not None:
             return trained_history(current, out)
-        return out
+        return out[-MAX_HISTORY_TURNS:]
 
     def _inputs_of(self, report: InspectionReport) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = getattr(report, "_model_inputs", None)

@@ -8,7 +8,7 @@ held-out share of the ELPV train normals (training.data.split_images, never trai
 half of the items left normal; 4 other held-out normals are the references. Each item is
 inspected by the real assistant (measured regions, not the simulation's mask), then one
 chat: the main question, then every follow-up intent once in a seeded order, each as its
-canonical question, with the shown answers as history (at most 4 turns, as the web chat).
+canonical question, with the shown answers as history (the assistant cuts it as in the web chat).
 The LLM's own answer of each turn is judged by the claim checker against the report; a
 part name is written into the facts for every other item. Used to pick the fine-tune's
 settings and to compare checkpoints without ELPV test labels.
@@ -24,8 +24,6 @@ import numpy as np
 
 INTENTS = ("where", "count", "size", "clean", "cell_bad", "cell_ok", "side_ok", "confidence", "cause", "action",
            "main")
-MAX_HISTORY_TURNS = 4
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 side = SIDES[int(rng.integers(len(SIDES)))]
             intent = Intent(kind, cell=cell, side=side)
             q = canonical_question(intent, report)
-            done = assistant.answer(report, q, history[-MAX_HISTORY_TURNS:])
+            done = assistant.answer(report, q, history)
             llm = done.llm_text or ""
             turns.append({"kind": kind, "question": q, "llm": llm, "corrected": done.corrected,
                           "llm_ok": check_answer(report, intent, llm).ok, "problems": done.problems})

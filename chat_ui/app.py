@@ -26,7 +26,6 @@ log = logging.getLogger("anomalygpt.ui")
 
 MAX_MB = MAX_BYTES // 2**20  # the browser refuses bigger files; the server checks again
 AVATARS = {"user": ":material/engineering:", "assistant": ":material/troubleshoot:"}  # icon font ships with Streamlit
-MAX_HISTORY_TURNS = 4  # earlier turns are dropped from the prompt (CPU time grows with it)
 # every intent python -m anomalygpt.evaluation.chat_check passes (answers are checked against the report)
 SUGGESTIONS = ("Where is the anomaly?", "How big is it?", "Is the left side OK?", "Which cells are clean?",
                "How sure are you?", "What could cause it?", "What should I do with it?", "Can it go to the customer?")
@@ -239,7 +238,7 @@ def show_chat(assistant, lock: threading.Lock) -> None:
 
 
 def answer_question(assistant, lock: threading.Lock, question: str) -> None:
-    history = chat_history(st.session_state.messages, MAX_HISTORY_TURNS)
+    history = chat_history(st.session_state.messages)
     st.session_state.messages.append({"role": "user", "content": question})
     with st.chat_message("user", avatar=AVATARS["user"]):
         st.markdown(question)

@@ -138,8 +138,9 @@ def report_json(report: InspectionReport, messages: list[dict[str, str]] | None 
     return json.dumps(out, indent=2)
 
 
-def chat_history(messages: list[dict[str, str]], max_turns: int) -> list[tuple[str, str]]:
-    """(question, answer) pairs of the finished turns, the last `max_turns` of them."""
+def chat_history(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of the finished turns, all of them: the assistant decides which
+    reach the LLM (the main turn must stay, however long the chat grows)."""
     pairs, question = [], None
     for m in messages:
         if m["role"] == "user":
@@ -147,4 +148,4 @@ def chat_history(messages: list[dict[str, str]], max_turns: int) -> list[tuple[s
         elif m["role"] == "assistant" and question is not None:
             pairs.append((question, m["content"]))
             question = None
-    return pairs[-max_turns:] if max_turns > 0 else []
+    return pairs

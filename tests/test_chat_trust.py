@@ -236,3 +236,26 @@ def test_history_reaches_the_llm_in_the_training_chats_shape():
     assert cut == [turns[0], *turns[-(TRAINED_FOLLOWUPS - 1):]]
     assert trained_history(Intent("count"), turns[1:]) == turns[1:][-(TRAINED_FOLLOWUPS - 1):]
     assert trained_history(Intent("count"), []) == []
+
+
+def test_the_main_turn_reaches_the_llm_however_long_the_chat():
+    """Callers pass the whole chat; the assistant cuts it. A window of the latest turns kept by
+    the caller lost the main turn from the fifth follow-up on."""
+    from anomalygpt.chat.grounded import TRAINED_FOLLOWUPS
+    from anomalygpt.inspector import MAX_HISTORY_TURNS, AnomalyGPT
+
+    bot = object.__new__(AnomalyGPT)  # only the history cut is used: no model needed
+    report = _report(True)
+    main = ("Any defect on this one?", "Yes, there is an anomaly at the bottom right of the image.")
+    followups = [("Where exactly?", "The anomaly is at the bottom right of the image."),
+                 ("How many are there?", "There is one anomaly in the image."),
+                 ("Which parts look fine?", CLEAN_OF_BAD),
+                 ("How big is it?", "The anomaly is large: it covers about 8.3% of the image."),
+                 ("What should I do?", "Set the part aside for a closer look at the bottom right of the image.")]
+    bot.llm_history = "trained"
+    cut = bot._llm_history(report, [main, *followups], Intent("count"))
+    assert len(cut) == TRAINED_FOLLOWUPS and cut[0] == (qa.canonical_question("main"), main[1])
+    assert [a for _, a in cut[1:]] == [a for _, a in followups[-(TRAINED_FOLLOWUPS - 1):]]
+    bot.llm_history = "full"
+    cut = bot._llm_history(report, [main, *followups], Intent("count"))
+    assert len(cut) == MAX_HISTORY_TURNS and [a for _, a in cut] == [a for _, a in followups[-MAX_HISTORY_TURNS:]]

@@ -121,11 +121,11 @@ def test_decode_upload_reads_gray_png():
     assert rgb.dtype == np.uint8 and rgb.shape == (300, 300, 3)
 
 
-def test_chat_history_pairs_and_cap():
+def test_chat_history_pairs():
     msgs = [{"role": r, "content": c} for r, c in
             [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2"), ("user", "q3"), ("assistant", "a3")]]
-    assert chat_history(msgs, 2) == [("q2", "a2"), ("q3", "a3")]
-    assert chat_history(msgs[:-1], 4) == [("q1", "a1"), ("q2", "a2")]
+    assert chat_history(msgs) == [("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
+    assert chat_history(msgs[:-1]) == [("q1", "a1"), ("q2", "a2")]  # the open question is no turn yet
 
 
 # ---------------------------------------------------------------- the page (tiny checkpoint)

@@ -36,8 +36,6 @@ from ..inspector import DEFAULT_QUESTION
 from ..report import InspectionReport
 from .heldout_phrasings import HELDOUT, INTENTS
 
-MAX_HISTORY_TURNS = 4  # as the web chat: earlier turns leave the prompt
-
 
 def make_question(intent: str, report: InspectionReport, rng: np.random.Generator) -> tuple[str, Intent]:
     """A held-out wording of `intent`, with its cell (an affected or a clean one, at random)
@@ -83,7 +81,7 @@ def check_chat(assistant: Any, report: InspectionReport, intents: Sequence[str],
     history: list[tuple[str, str]] = [(DEFAULT_QUESTION, first)]
     for kind in intents:
         question, truth = make_question(kind, report, rng)
-        done = assistant.answer(report, question, history[-MAX_HISTORY_TURNS:])
+        done = assistant.answer(report, question, history)
         says = implied_anomalous(truth, done.text)
         llm = done.llm_text if done.llm_text is not None else done.text
         turns.append({"kind": kind, "question": question, "answer": done.text, "llm": llm, "recognised": done.intent,
