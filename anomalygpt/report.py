@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from data_sim.qa import affected_cells, margin_word, percent, size_word
+from data_sim.qa import SIDES, affected_cells, margin_word, percent, side_cells, size_word
 
 from data_sim.grid import ALL_CELLS
 
@@ -58,10 +58,17 @@ def facts_text(score: float, threshold: float, regions: list[Region], image_size
             descr.append(f"{r.cell}, {percent(r.area_share)} of the image ({size_word(r.area_share)}), "
                          f"x {x0 / w:.2f}-{x1 / w:.2f}, y {y0 / h:.2f}-{y1 / h:.2f}")
         more = f" (and {len(regions) - MAX_FACT_REGIONS} smaller)" if len(regions) > MAX_FACT_REGIONS else ""
+        if len(regions) > 1:  # the total is stated, not left to the LLM to add up
+            total = sum(r.area_share for r in regions)
+            more += f", {percent(total)} of the image in all ({size_word(total)})"
         parts.append(f"{len(regions)} region{'s' if len(regions) > 1 else ''}{more}: {'; '.join(descr)}.")
         hit = affected_list if affected_list is not None else sorted({r.cell for r in regions})
         clean = [c for c in ALL_CELLS if c not in set(hit)]
         parts.append(f"Affected cells: {', '.join(hit)}. Clean cells: {', '.join(clean) or 'none'}.")
+        # which sides hold an affected cell, so "is the left side OK?" is read, not inferred
+        bad_sides = [s for s in SIDES if set(side_cells(s)) & set(hit)]
+        ok_sides = [s for s in SIDES if s not in bad_sides]
+        parts.append(f"Affected sides: {', '.join(bad_sides) or 'none'}. Clean sides: {', '.join(ok_sides) or 'none'}.")
     elif verdict == "anomalous":
         parts.append("No compact region stands out; the deviation is spread out.")
     return " ".join(parts)

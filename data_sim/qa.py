@@ -315,8 +315,8 @@ def cause_answer(regions: Sequence[Region]) -> str:
     if not regions:
         return "There is no anomaly in the image, so there is nothing to explain."
     where = location_phrase([r["cell"] for r in regions])
-    return (f"I cannot tell the cause from the image alone: I measure where it differs from normal parts, "
-               f"and it does so {where}. Compare that spot with your known defect types.")
+    # short enough for max_new_tokens with all nine cells named (the longer wording was cut off)
+    return f"I cannot tell the cause from the image alone; it differs from normal parts {where}."
 
 
 def _q_action(regions: Sequence[Region], rng: np.random.Generator, canon: bool = False) -> QA:

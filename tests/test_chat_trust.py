@@ -259,3 +259,25 @@ def test_the_main_turn_reaches_the_llm_however_long_the_chat():
     bot.llm_history = "full"
     cut = bot._llm_history(report, [main, *followups], Intent("count"))
     assert len(cut) == MAX_HISTORY_TURNS and [a for _, a in cut] == [a for _, a in followups[-MAX_HISTORY_TURNS:]]
+
+
+def test_the_facts_state_what_the_trained_answers_copy():
+    """The size answer's total and the side answers' yes / no are read off the facts, not
+    computed by the LLM (it added region shares wrongly and mapped cells to sides wrongly)."""
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        mask = np.zeros((60, 60), bool)
+        for _ in range(int(rng.integers(1, 5))):
+            y, x = rng.integers(0, 50, 2)
+            mask[y:y + int(rng.integers(3, 25)), x:x + int(rng.integers(3, 25))] = True
+        regions = [Region.from_measured(r) for r in qa.to_regions(mask, 4)]
+        report = InspectionReport(score=2.0, threshold=1.0, threshold_source="t", anomaly_map=mask * 1.0, mask=mask,
+                                  regions=regions, image_size=(60, 60))
+        facts = report.facts()
+        size = grounded_answer(Intent("size"), report)
+        total = qa.percent(sum(r.area_share for r in regions))
+        assert total in size and (len(regions) == 1 or f"{total} of the image in all" in facts), (i, facts)
+        bad_sides = facts.split("Affected sides: ")[1].split(".")[0].split(", ")
+        for side in qa.SIDES:
+            says_bad = grounded_answer(Intent("side_ok", side=side), report).startswith("No")
+            assert says_bad == (side in bad_sides), (i, side, facts)
