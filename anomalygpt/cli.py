@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=None)
 
     sp = add("eval", "evaluate on ELPV, MVTec AD, VisA or a folder")
-    sp.add_argument("--dataset", required=True, help="elpv | elpv:mono | mvtec:PATH[:cat] | visa:PATH[:cat] | folder:PATH | textures[:NAME][:seed=N]")
+    sp.add_argument("--dataset", required=True, help="elpv | elpv:mono | elpv-dev[:mono|poly] (dev set: no test image) | mvtec:PATH[:cat] | visa:PATH[:cat] | folder:PATH | textures[:NAME][:seed=N]")
     sp.add_argument("--shots", default="0", help="references per run: 0, k, or 'all' (all train normals)")
     sp.add_argument("--seeds", default="0,1,2")
     sp.add_argument("--out", default="out/eval")

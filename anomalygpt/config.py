@@ -175,6 +175,13 @@ class ZeroShotConfig:
     0.980 with the second pass. A poly dev set (150 clean + 300 simulated) disagreed: 192 px,
     0.1, second pass 0.897 (0.896 without it); 224 px, 0.3, no second pass 0.915. Taken: the
     best mean over both dev sets, 224 px / 0.3 / no second pass (0.941 vs 0.939).
+    Re-ranked on REAL subtle defects with no test image (`data_sim.datasets.elpv_dev_split`:
+    the prob-1/3 cells + train normals; benchmarks/zeroshot_dev13.py, paired bootstrap 95%
+    intervals vs these defaults): no variant won on both mono and poly, so none changed.
+    That dev set is near chance for every variant (self 0.652 / 0.550 with 438 / 300 normals;
+    batch 0.548 / 0.430 at the test split's share, poly below 0.5; the trained detector with 4
+    references 0.566 / 0.441): most prob-1/3 cells look normal to every detector here, so it
+    does not rank these settings.
     """
     mode: str = ""
     # self: the excluded square around a patch is (2*window+1)^2 grid steps; maps at these

@@ -9,6 +9,7 @@ Specs understood by ``resolve_dataset`` (evaluation) and ``normal_training_image
 (training), comma-separated lists allowed for the latter::
 
     elpv | elpv:mono | elpv:poly          mvtec:PATH[:category]    visa:PATH[:category]
+    elpv-dev | elpv-dev:mono | elpv-dev:poly  (a dev set without test images, see elpv_dev_split)
     folder:PATH                           elpv:train[:mono|poly]   skimage | sklearn
     textures[:NAME][:seed=N]  (generated from scikit-image textures, see data_sim.textures_bench)
 """
@@ -29,6 +30,7 @@ PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "test")
 ELPV_KINDS = ("mono", "poly")
 ELPV_TEST_NORMALS = 150
+ELPV_DEV_SEED = 18  # the dev normals' draw from the train normals (issue 18's dev set)
 ELPV_PIP = "pip install elpv-dataset"
 
 # scikit-image images that ship inside its wheel (no download): name -> file in skimage/data
@@ -208,6 +210,19 @@ def elpv_data_dir() -> Path:
     return data
 
 
+def _elpv_rows(kind: str) -> list[tuple[str, float]]:
+    """(file, defect probability) rows of one module type, sorted by file name."""
+    if kind not in ELPV_KINDS:
+        raise ValueError(f"unknown ELPV type {kind!r}; use 'mono' or 'poly'")
+    rows = []
+    with open(elpv_data_dir() / "labels.csv", encoding="utf-8") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == kind:
+                rows.append((parts[0], float(parts[1])))
+    return sorted(rows, key=lambda r: r[0])
+
+
 def elpv_split(kind: str) -> dict[str, list[Sample]]:
     """The benchmark split of one module type: ``train`` = train normals, ``test`` = test
     normals followed by all anomalous cells (probability > 0.5; 1/3 is left out).
@@ -215,16 +230,8 @@ def elpv_split(kind: str) -> dict[str, list[Sample]]:
     Rows of ``kind`` sorted by file name; ``perm = default_rng(0).permutation(n_normals)``;
     test normals ``perm[:150]``, train normals ``perm[150:]``.
     """
-    if kind not in ELPV_KINDS:
-        raise ValueError(f"unknown ELPV type {kind!r}; use 'mono' or 'poly'")
+    rows = _elpv_rows(kind)
     data = elpv_data_dir()
-    rows = []
-    with open(data / "labels.csv", encoding="utf-8") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == kind:
-                rows.append((parts[0], float(parts[1])))
-    rows.sort(key=lambda r: r[0])
     normals = [r for r in rows if r[1] == 0.0]
     anomalous = [r for r in rows if r[1] > 0.5]
     perm = np.random.default_rng(0).permutation(len(normals))
@@ -236,6 +243,36 @@ def elpv_split(kind: str) -> dict[str, list[Sample]]:
     test = [make(normals[i], 0) for i in perm[:ELPV_TEST_NORMALS]] + [make(r, 1) for r in anomalous]
     train = [make(normals[i], 0) for i in perm[ELPV_TEST_NORMALS:]]
     return {"train": train, "test": test}
+
+
+def elpv_dev_split(kind: str, n_normals: Optional[int] = None) -> dict[str, list[Sample]]:
+    """A dev set of real defects that shares no image with the benchmark's test split, for
+    choosing settings (zero-shot variants, thresholds) without test labels.
+
+    ``test`` = dev normals followed by dev anomalies; ``train`` = the train normals left
+    (references for a few-shot run on the dev set). Dev anomalies are the cells whose
+    defect probability is 1/3 (mono 117, poly 178), which ``elpv_split`` leaves out of the
+    benchmark: real but SUBTLE defects, and some of them may be near-normal, so AUROC here
+    sits well below the test split's; it is for ranking settings, not for reporting.
+    Dev normals are a fixed draw (``default_rng(ELPV_DEV_SEED).permutation``) of the
+    benchmark's TRAIN normals, never a test row. ``n_normals=None`` takes as many as give
+    the test split's anomaly share (150 normals per 369 / 452 anomalies: mono 48 normals,
+    70.9% anomalous; poly 59, 75.1%), because the batch mode's images score each other and
+    a set's verdict threshold reads the set's score distribution: both depend on that share.
+    """
+    rows = _elpv_rows(kind)
+    anomalies = [r for r in rows if 0.0 < r[1] <= 0.5]
+    n_test_anom = sum(r[1] > 0.5 for r in rows)
+    train = elpv_split(kind)["train"]
+    if n_normals is None:
+        n_normals = int(round(len(anomalies) * ELPV_TEST_NORMALS / n_test_anom))
+    if not 1 <= n_normals <= len(train):
+        raise ValueError(f"n_normals must be in 1..{len(train)} (the {kind} train normals), got {n_normals}")
+    perm = np.random.default_rng(ELPV_DEV_SEED).permutation(len(train))
+    data, cat = elpv_data_dir(), f"elpv-dev-{kind}"
+    normals = [Sample(train[i].image_path, None, 0, cat, "good") for i in sorted(perm[:n_normals])]
+    anomalous = [Sample(data / r[0], None, 1, cat, f"defect-p{r[1]:.2f}") for r in anomalies]
+    return {"test": normals + anomalous, "train": [train[i] for i in sorted(perm[n_normals:])]}
 
 
 # ---------------------------------------------------------------- generated textures
@@ -303,6 +340,9 @@ def resolve_dataset(spec: str, split: str) -> list[Sample]:
     if kind == "elpv":
         kinds = ELPV_KINDS if not rest else (rest,)
         return [s for k in kinds for s in elpv_split(k)[split]]
+    if kind == "elpv-dev":
+        kinds = ELPV_KINDS if not rest else (rest,)
+        return [s for k in kinds for s in elpv_dev_split(k)[split]]
     if kind in ("mvtec", "visa"):
         if not rest:
             raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH[:category]")
@@ -317,7 +357,7 @@ def resolve_dataset(spec: str, split: str) -> list[Sample]:
         name, seed = _textures_spec(rest)
         return mvtec(textures_root(seed), name, split)
     raise ValueError(
-        f"unknown dataset spec {spec!r}; use elpv, elpv:mono, elpv:poly, mvtec:PATH[:category], "
+        f"unknown dataset spec {spec!r}; use elpv, elpv:mono, elpv:poly, elpv-dev[:mono|poly], mvtec:PATH[:category], "
         "visa:PATH[:category], folder:PATH or textures[:NAME][:seed=N]"
     )
 

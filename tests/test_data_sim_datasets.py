@@ -12,6 +12,8 @@ import data_sim.corpus as corpus_mod
 from data_sim.corpus import build_corpus
 from data_sim.datasets import (
     Sample,
+    elpv_data_dir,
+    elpv_dev_split,
     elpv_split,
     folder,
     load_sample,
@@ -115,6 +117,40 @@ def test_elpv_benchmark_split() -> None:
     assert len(resolve_dataset("elpv:poly", "train")) == 770
     with pytest.raises(ValueError, match="elpv:train"):
         normal_training_images("elpv")
+
+
+def test_elpv_dev_split_has_no_test_image() -> None:
+    """The dev set (issue 18): the prob-1/3 cells + a fixed draw of TRAIN normals at the test
+    split's anomaly share; never a test image, the same every call, and its normals are not
+    also offered as references."""
+    probs = {}
+    for line in open(elpv_data_dir() / "labels.csv", encoding="utf-8"):
+        parts = line.split()
+        probs[parts[0]] = float(parts[1])
+    for kind, (n_norm, n_anom) in {"mono": (48, 117), "poly": (59, 178)}.items():
+        dev, bench = elpv_dev_split(kind), elpv_split(kind)
+        normals = [s for s in dev["test"] if s.label == 0]
+        anomalies = [s for s in dev["test"] if s.label == 1]
+        assert (len(normals), len(anomalies)) == (n_norm, n_anom)
+        assert all(probs[f"images/{s.image_path.name}"] == 0.0 for s in normals)
+        assert all(abs(probs[f"images/{s.image_path.name}"] - 1 / 3) < 1e-6 for s in anomalies)
+        test_paths = {s.image_path for s in bench["test"]}
+        train_paths = {s.image_path for s in bench["train"]}
+        dev_paths = {s.image_path for s in dev["test"]}
+        assert len(dev_paths) == n_norm + n_anom and not dev_paths & test_paths
+        assert {s.image_path for s in normals} <= train_paths
+        assert {s.image_path for s in dev["train"]} == train_paths - dev_paths  # references: the rest
+        share = n_anom / (n_norm + n_anom)
+        test_share = sum(s.label for s in bench["test"]) / len(bench["test"])
+        assert abs(share - test_share) < 0.01
+        assert elpv_dev_split(kind) == dev  # deterministic
+    assert len(elpv_dev_split("mono", n_normals=200)["test"]) == 200 + 117
+    assert len(resolve_dataset("elpv-dev", "test")) == 48 + 117 + 59 + 178
+    assert len(resolve_dataset("elpv-dev:poly", "train")) == 770 - 59
+    with pytest.raises(ValueError, match="n_normals"):
+        elpv_dev_split("mono", n_normals=439)
+    with pytest.raises(ValueError, match="mono"):
+        elpv_dev_split("cigs")
 
 
 def test_bad_specs_are_clear() -> None:

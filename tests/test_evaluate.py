@@ -123,6 +123,17 @@ def test_reference_draw_is_the_benchmark_one() -> None:
         pick_references(pool, 31, 0)
 
 
+def test_elpv_dev_groups_are_mono_and_poly_without_test_images() -> None:
+    """`anomalygpt eval --dataset elpv-dev`: the dev split's groups, named like elpv's, whose
+    references (train_normals) are neither dev nor test images."""
+    dev, bench = evaluate.dataset_groups("elpv-dev"), evaluate.dataset_groups("elpv")
+    assert [g.name for g in dev] == ["mono", "poly"] and [g.name for g in evaluate.dataset_groups("elpv-dev:poly")] == ["poly"]
+    for d, b in zip(dev, bench):
+        test = {s.image_path for s in b.test}
+        assert not {s.image_path for s in d.test} & test
+        assert not {s.image_path for s in d.train_normals} & ({s.image_path for s in d.test} | test)
+
+
 def test_shots_parsing_and_stratified_subset() -> None:
     assert parse_shots("4") == 4 and parse_shots("ALL") == "all" and parse_shots(0) == 0
     for bad in ("-1", "four", -2, 1.5):

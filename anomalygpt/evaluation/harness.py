@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from data_sim.datasets import ELPV_KINDS, Sample, elpv_split, load_sample, resolve_dataset
+from data_sim.datasets import ELPV_KINDS, Sample, elpv_dev_split, elpv_split, load_sample, resolve_dataset
 
 from .metrics import answer_accuracy, clean_number, image_metrics, pixel_auroc, pro_score
 
@@ -56,12 +56,13 @@ class Group:
 
 # ---------------------------------------------------------------------------- data
 def dataset_groups(dataset: str) -> list[Group]:
-    """Split a dataset spec into evaluation groups. ``elpv`` is mono and poly; MVTec AD /
+    """Split a dataset spec into evaluation groups. ``elpv`` and ``elpv-dev`` are mono and poly; MVTec AD /
     VisA specs without a category give every category."""
     kind, _, rest = dataset.partition(":")
-    if kind.strip().lower() == "elpv":
+    if kind.strip().lower() in ("elpv", "elpv-dev"):  # the benchmark split / its dev set (no test image)
+        split = elpv_split if kind.strip().lower() == "elpv" else elpv_dev_split
         kinds = (rest,) if rest else ELPV_KINDS
-        return [Group(k, *(elpv_split(k)[s] for s in ("test", "train"))) for k in kinds]
+        return [Group(k, *(split(k)[s] for s in ("test", "train"))) for k in kinds]
     test = resolve_dataset(dataset, "test")
     try:
         train = [s for s in resolve_dataset(dataset, "train") if s.label == 0]
