@@ -52,7 +52,10 @@ class LlamaDecoder:
     answer at a time (a lock serializes callers; the KV memory is cleared per answer)."""
 
     def __init__(self, model_path: str | Path, adapter_path: str | Path | None = None, n_ctx: int = N_CTX,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None, extra_buffers: bool = False) -> None:
+        """`extra_buffers`: let llama.cpp place weights in its extra CPU buffer types (AMX,
+        repacked layouts). Off by default: a native build put the weights in AMX buffers on
+        this VM's CPU (which advertises AMX) and crashed in the first decode."""
         import llama_cpp as ll
 
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its C log lines go to stderr
@@ -60,6 +63,7 @@ class LlamaDecoder:
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        mparams.use_extra_bufts = extra_buffers
         self.model = ll.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:
             raise LlamaUnavailable(f"llama.cpp could not load {model_path}")
@@ -244,3 +248,30 @@ def select_decoder(cfg: LLMConfig, checkpoint: str | Path | None) -> LlamaDecode
             raise
         log.warning("not using llama.cpp (%s); answers run on torch", str(e).splitlines()[0][:200])
         return None
+
+
+def decoder_for(assistant: Any, tmp_dir: str | Path) -> tuple[LlamaDecoder, str]:
+    """A llama.cpp decoder for a loaded assistant whatever its runtime (benchmarks and A/B
+    checks): its own when it runs llama.cpp; else one on the adapter the cache holds for
+    its checkpoint, or on one exported now into `tmp_dir`. Returns (decoder, where from)."""
+    from . import hub
+    from .checkpoint import LVLM_FILE
+    from .llama_adapter import default_adapter_path, export_adapter
+
+    own = getattr(assistant.lvlm, "token_decoder", None)
+    if isinstance(own, LlamaDecoder):
+        return own, "the assistant's own"
+    if not llama_cpp_importable():
+        raise LlamaUnavailable(f"llama_cpp is not installed; fix: {LLAMA_PIP}")
+    source = assistant.components.source
+    base = hub._gguf_path()
+    adapter = None
+    where = "no LoRA"
+    if assistant.cfg.llm.lora_r > 0 and source is not None and (Path(source) / LVLM_FILE).is_file():
+        adapter = default_adapter_path(Path(source) / LVLM_FILE, base.name)
+        where = "cached adapter"
+        if not adapter.is_file():
+            adapter = Path(tmp_dir) / "lora.gguf"
+            export_adapter(source, adapter, lvlm=assistant.lvlm)
+            where = "adapter exported now"
+    return LlamaDecoder(base, adapter), where
