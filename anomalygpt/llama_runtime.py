@@ -216,12 +216,12 @@ def select_decoder(cfg: LLMConfig, checkpoint: str | Path | None) -> LlamaDecode
             raise LlamaUnavailable(msg)
         log.info("answers run on torch: %s", msg)
 
+    if not llama_cpp_importable():
+        return give_up(f"llm.runtime llama.cpp needs the llama_cpp package; fix: {LLAMA_PIP}")
     if cfg.name != "embedded":
         return give_up(f"llm.runtime llama.cpp runs only the embedded GGUF (this checkpoint uses llm.name {cfg.name})")
     if cfg.quantization != "none":
         return give_up(f"llm.runtime llama.cpp runs the GGUF's own quantization, not llm.quantization {cfg.quantization}")
-    if not llama_cpp_importable():
-        return give_up(f"llm.runtime llama.cpp needs the llama_cpp package; fix: {LLAMA_PIP}")
     base = hub._gguf_path()
     lvlm_file = Path(checkpoint) / LVLM_FILE if checkpoint is not None else None
     adapter: Path | None = None
