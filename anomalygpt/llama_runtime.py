@@ -39,7 +39,7 @@ RUNTIMES = ("auto", "torch", "llama.cpp")
 LLAMA_PIP = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
              '-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" '
              'pip install --no-cache-dir llama-cpp-python==0.3.36')
-N_CTX = 4096       # prompt + answer tokens per context (prompts here are a few hundred)
+N_CTX = 2048       # prompt + answer tokens per context (prompts here are a few hundred; longer: torch)
 N_UBATCH = 512     # rows per compute pass of the prompt (llama.cpp splits the one batch)
 
 
