@@ -11,6 +11,13 @@ multimodal models do), then decodes greedily token by token. `AnomalyLVLM`'s gen
 methods call `generate_ids` and turn the ids into text with the same Hugging Face tokenizer
 and streamer as the torch path.
 
+Measured (benchmarks/llm_runtime_ab.py, 1 thread, a loaded shared machine): each new token
+~3x faster than torch, but the prompt (~300 rows) slower: llama.cpp has no fast matrix-matrix
+path for Q4_1 weights, so the first token came 2.3x later; 48-token answers 1.9x faster,
+18-token answers about even. An F16 copy of the base (llama_model_quantize, 5 s) halved the
+prompt time in a quick check; not wired in. With 2 threads on oversubscribed cores
+llama.cpp's spinning thread barriers stalled badly.
+
 Selection (`select_decoder`): llm.runtime "torch"; "llama.cpp" (an error when it cannot
 run); "auto" = llama.cpp when the package imports and the adapter was exported, else torch.
 ANOMALYGPT_LLM_RUNTIME pins "auto" to one runtime (the test suite pins torch).
