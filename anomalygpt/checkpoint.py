@@ -83,6 +83,7 @@ class Components:
     detector: Detector
     lvlm: Any | None  # AnomalyLVLM, imported lazily (transformers is slow to import)
     calibration: Calibration
+    source: Path | None = None  # the checkpoint folder it was loaded from (None: built fresh)
 
 
 def build_image_encoder(cfg: EncoderConfig, clip_model: nn.Module | None = None, cache: bool = True) -> ImageEncoder:
@@ -197,6 +198,7 @@ def load(path: str | Path, with_llm: bool = True, fold_lora: bool = False, allow
         comps.lvlm.load_trainable_state_dict(load_file(str(path / LVLM_FILE)))
     if (path / CALIBRATION_FILE).is_file():
         comps.calibration = Calibration(**json.loads((path / CALIBRATION_FILE).read_text()))
+    comps.source = path
     return comps
 
 

@@ -335,9 +335,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export the checkpoint's encoder for ONNX Runtime (anomalygpt.onnx_encoder)."""
+    """Export the checkpoint's encoder for ONNX Runtime (anomalygpt.onnx_encoder), or with
+    --format gguf its LoRA as a llama.cpp adapter (anomalygpt.llama_adapter)."""
     from .checkpoint import read_config
     from .inspector import resolve_checkpoint
+
+    if args.format == "gguf":
+        return _export_gguf(args)
     from .onnx_encoder import export_encoder
 
     cfg = read_config(resolve_checkpoint(args.checkpoint))
@@ -353,6 +357,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         print("the inspector now runs the encoder with ONNX Runtime (encoder.runtime: auto); "
               "delete the file or set encoder.runtime: torch to go back")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from .inspector import resolve_checkpoint
+    from .llama_adapter import AdapterUnavailable, export_adapter
+    from .llama_runtime import LLAMA_PIP, llama_cpp_importable
+
+    try:
+        info = export_adapter(resolve_checkpoint(args.checkpoint), args.out)
+    except AdapterUnavailable as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB; LoRA r {info['lora_r']} on {info['matrices']} "
+          f"matrices of {info['base']}; max abs difference of base + LoRA to torch's folded weights "
+          f"{info['max_abs_diff_vs_torch']:.1e})")
+    if args.out:
+        print(f"use it with llm.runtime: llama.cpp and llm.adapter_path: {info['path']} in the checkpoint's "
+              "config.yaml (the default location needs no setting)")
+    elif llama_cpp_importable():
+        print("answers now run on llama.cpp (llm.runtime: auto); delete the file or set llm.runtime: torch to go back")
+    else:
+        print(f"answers run on llama.cpp (llm.runtime: auto) once llama_cpp is installed: {LLAMA_PIP}")
     return 0
 
 
@@ -458,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     sp.set_defaults(func=cmd_serve)
 
-    sp = add("export", "export the image encoder for a faster runtime (ONNX Runtime)")
-    sp.add_argument("--format", default="onnx", choices=["onnx"])
+    sp = add("export", "export for faster runtimes: the image encoder (onnx: ONNX Runtime) or the "
+                       "LLM's LoRA (gguf: a llama.cpp adapter)")
+    sp.add_argument("--format", default="onnx", choices=["onnx", "gguf"])
     sp.add_argument("--checkpoint", default="embedded")
     sp.add_argument("--out", default=None, help="file to write (default: the cache, found automatically)")
     sp.set_defaults(func=cmd_export)

@@ -111,6 +111,12 @@ class LLMConfig:
     # else unchanged; "float32" keeps full precision
     decode_weights: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = 48
+    # inference runtime of greedy answers: "auto" = llama.cpp (llama-cpp-python on the shipped
+    # GGUF + the LoRA as an adapter) when the package imports and `anomalygpt export --format
+    # gguf` wrote the adapter (at adapter_path or in the cache), else torch; "torch";
+    # "llama.cpp" = llama.cpp or an error. Training and sampled answers always run torch.
+    runtime: Literal["auto", "torch", "llama.cpp"] = "auto"
+    adapter_path: str = ""
     # tiny random-init model for tests: a transformers config dict; used when name == "random"
     random_config: dict[str, Any] = field(default_factory=dict)
 

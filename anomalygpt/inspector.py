@@ -65,9 +65,12 @@ def resolve_checkpoint(path_or_name: str | Path) -> Path:
 class AnomalyGPT:
     """Inspect images, optionally against a few normal references, and answer questions."""
 
-    def __init__(self, components: model_io.Components, encoder_runtime: str | None = None) -> None:
+    def __init__(self, components: model_io.Components, encoder_runtime: str | None = None,
+                 llm_runtime: str | None = None) -> None:
         """`encoder_runtime` overrides the checkpoint's encoder.runtime ("auto", "torch",
-        "onnxruntime"; see anomalygpt.onnx_encoder)."""
+        "onnxruntime"; see anomalygpt.onnx_encoder), `llm_runtime` its llm.runtime ("auto",
+        "torch", "llama.cpp"; see anomalygpt.llama_runtime)."""
+        from .llama_runtime import RUNTIMES, select_decoder
         from .onnx_encoder import select_encoder
 
         self.components = components
@@ -82,6 +85,12 @@ class AnomalyGPT:
         if self.lvlm is not None:
             self.lvlm.merge_lora()  # this object only infers
             self.lvlm.compact_for_decoding(self.cfg.llm.decode_weights)
+            if llm_runtime is not None:
+                if llm_runtime not in RUNTIMES:
+                    raise ValueError(f"LLM runtime '{llm_runtime}' is unknown; use {', '.join(RUNTIMES)}")
+                self.cfg.llm.runtime = llm_runtime
+            # greedy answers through llama.cpp when selected; torch keeps sampling and training
+            self.lvlm.token_decoder = select_decoder(self.cfg.llm, components.source)
         self.calibration = components.calibration
         # every answer is routed by intent and checked against the report (anomalygpt.chat);
         # False gives the bare LLM on the user's wording (chat_check --no-checker measures it)
@@ -93,12 +102,15 @@ class AnomalyGPT:
 
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path = "embedded", with_llm: bool = True,
-                        allow_pickle: bool = False, encoder_runtime: str | None = None) -> "AnomalyGPT":
+                        allow_pickle: bool = False, encoder_runtime: str | None = None,
+                        llm_runtime: str | None = None) -> "AnomalyGPT":
         """Load a checkpoint folder (or 'embedded', the one shipped with the package). A folder
         holding pickle files is refused unless `allow_pickle` (they can run code when loaded).
-        `encoder_runtime`: "torch", "onnxruntime" or "auto" instead of the checkpoint's setting."""
+        `encoder_runtime`: "torch", "onnxruntime" or "auto" instead of the checkpoint's setting;
+        `llm_runtime`: "torch", "llama.cpp" or "auto" likewise."""
         return cls(model_io.load(resolve_checkpoint(path_or_name), with_llm=with_llm, fold_lora=True,
-                                 allow_pickle=allow_pickle), encoder_runtime=encoder_runtime)
+                                 allow_pickle=allow_pickle), encoder_runtime=encoder_runtime,
+                   llm_runtime=llm_runtime)
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()

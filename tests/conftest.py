@@ -14,6 +14,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # an encoder exported into the shared cache (`anomalygpt export`) must not change the suite's
 # numbers: encoder.runtime "auto" runs torch here; tests of ONNX Runtime ask for it explicitly
 os.environ.setdefault("ANOMALYGPT_ENCODER_RUNTIME", "torch")
+# likewise answers: llm.runtime "auto" would pick llama.cpp once an adapter is exported into
+# the cache and llama_cpp is installed; tests of llama.cpp ask for it explicitly
+os.environ.setdefault("ANOMALYGPT_LLM_RUNTIME", "torch")
 
 TINY_CONFIG = {
     "name": "tiny",

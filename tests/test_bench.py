@@ -100,3 +100,17 @@ def test_server_answer_over_http_on_tiny(tiny_assistant) -> None:
     r = bench.measure_server_answer(tiny_assistant, repeats=1)
     assert r["repeats"] == 1 and 0 < r["ask_first_piece_s_median"] <= r["ask_s_median"]
     assert r["inspect_answer_s_median"] > 0 and isinstance(r["answer"], str) and r["answer"]
+
+
+def test_llm_runtime_rows_side_by_side() -> None:
+    from anomalygpt.evaluation.bench import _llm_runtime_rows
+
+    r = {"torch_first_token_s": 0.5, "llamacpp_first_token_s": 0.2, "torch_answer_s_18": 1.4,
+         "llamacpp_answer_s_18": 0.6, "torch_answer_s_48": 3.3, "llamacpp_answer_s_48": 1.2, "decoder": "cached adapter"}
+    rows = {e["name"]: e for e in _llm_runtime_rows(r, 48)}
+    assert list(rows) == ["first_token_s_torch", "first_token_s_llamacpp", "answer_18_tokens_s_torch",
+                          "answer_18_tokens_s_llamacpp", "answer_48_tokens_s_torch", "answer_48_tokens_s_llamacpp"]
+    assert rows["first_token_s_torch"]["ok"] is False and rows["first_token_s_llamacpp"]["ok"] is True
+    assert rows["answer_48_tokens_s_llamacpp"]["value"] == 1.2 and rows["answer_48_tokens_s_llamacpp"]["ok"] is True
+    missing = _llm_runtime_rows({"error": "LlamaUnavailable: llm.runtime llama.cpp needs the llama_cpp package"}, 48)
+    assert all(e["value"] is None and "llama_cpp" in e["note"] for e in missing)

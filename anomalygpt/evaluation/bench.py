@@ -36,6 +36,13 @@ TARGETS: dict[str, tuple[float, str, str]] = {
     "detector_ips_batch16_onnxruntime": (60.0, "higher", "img/s"),
     "inspect_answer_full_s": (1.5, "lower", "s"),
     "inspect_answer_48_tokens_s": (1.5, "lower", "s"),
+    # issue 20: answers side by side, torch vs llama.cpp (measure_llm_runtimes)
+    "first_token_s_torch": (0.4, "lower", "s"),
+    "first_token_s_llamacpp": (0.4, "lower", "s"),
+    "answer_18_tokens_s_torch": (1.0, "lower", "s"),
+    "answer_18_tokens_s_llamacpp": (1.0, "lower", "s"),
+    "answer_48_tokens_s_torch": (1.5, "lower", "s"),
+    "answer_48_tokens_s_llamacpp": (1.5, "lower", "s"),
     "assistant_warm_load_s": (5.0, "lower", "s"),
     "server_inspect_answer_s": (3.0, "lower", "s"),  # issue 20: the first answer from a running server
     "inspect_peak_rss_gb": (2.5, "lower", "GB"),
@@ -154,6 +161,60 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
     return {"inspect_s_median": inspect_s, "first_token_s_median": first_s, "full_answer_s_median": full_s,
             "answer_tokens": n_tokens, "max_new_tokens": assistant.cfg.llm.max_new_tokens, "answer": answer,
             "repeats": len(rows)}
+
+
+def measure_llm_runtimes(assistant: Any, rounds: int = 3, lengths: tuple[int, ...] = (18, 48),
+                         image: Any = None) -> dict[str, Any]:
+    """inspect + streamed answer with the LLM on torch and on llama.cpp, side by side: time to
+    the first answer text and to whole answers of exactly `lengths` tokens (the typical
+    18-token answer and the 48-token budget; min = max new tokens, so both runtimes decode the
+    same count). Every round runs each runtime in turn on the same image, so load on a shared
+    machine hits both alike; medians over `rounds` after one warm-up round."""
+    from ..images import load_image
+    from ..inspector import DEFAULT_QUESTION
+    from ..llama_runtime import decoder_for
+
+    if assistant.lvlm is None:
+        raise RuntimeError("the assistant was loaded without its LLM; load it with with_llm=True")
+    lvlm = assistant.lvlm
+    img = load_image(image if image is not None else sample_image())
+    own = lvlm.token_decoder
+    with tempfile.TemporaryDirectory(prefix="anomalygpt-bench-gguf-") as tmp:
+        t0 = time.perf_counter()
+        dec, source = decoder_for(assistant, tmp)
+        setup_s = time.perf_counter() - t0
+        runtimes = (("torch", None), ("llama.cpp", dec))
+        times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        answers: dict[str, str] = {}
+        try:
+            for rnd in range(max(1, rounds) + 1):
+                for n in lengths:
+                    for name, d in runtimes:
+                        lvlm.token_decoder = d
+                        t_start = time.perf_counter()
+                        report = assistant.inspect(img, None, question=None)
+                        first, pieces = None, []
+                        for piece in assistant.stream_ask(report, DEFAULT_QUESTION, max_new_tokens=n, min_new_tokens=n):
+                            if first is None:
+                                first = time.perf_counter()
+                            pieces.append(piece)
+                        end = time.perf_counter()
+                        if rnd:  # round 0 is the warm-up
+                            times.setdefault((name, n), []).append(((first or end) - t_start, end - t_start))
+                        answers[f"{name}_{n}"] = "".join(pieces)
+        finally:
+            lvlm.token_decoder = own
+            if dec is not own:
+                dec.close()
+    out: dict[str, Any] = {"rounds": max(1, rounds), "threads": torch.get_num_threads(), "decoder": source,
+                           "decoder_setup_s": setup_s, "answers": answers}
+    for (name, n), rows in times.items():
+        key = name.replace(".", "")
+        out[f"{key}_first_token_s_{n}"] = statistics.median(r[0] for r in rows)
+        out[f"{key}_answer_s_{n}"] = statistics.median(r[1] for r in rows)
+    out["torch_first_token_s"] = statistics.median(out[f"torch_first_token_s_{n}"] for n in lengths)
+    out["llamacpp_first_token_s"] = statistics.median(out[f"llamacpp_first_token_s_{n}"] for n in lengths)
+    return out
 
 
 def measure_server_answer(assistant: Any, repeats: int = 3) -> dict[str, Any]:
@@ -454,6 +515,8 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     m["chat_check"] = _guard(lambda: measure_chat_check(assistant, repeats=1 if quick else 5))
     m["inspect_answer_48"] = _guard(lambda: measure_inspect_answer(assistant, repeats=max(3, reps // 2),
                                                                    min_new_tokens=n_max))
+    m["llm_runtimes"] = _guard(lambda: measure_llm_runtimes(assistant, rounds=max(3, reps // 4), lengths=(18, n_max)))
+    llm_as_loaded = type(assistant.lvlm.token_decoder).__name__ if assistant.lvlm.token_decoder is not None else "torch"
     m["zero_shot_self"] = _guard(lambda: measure_zero_shot(assistant, "self", 8, max(1, reps // 4)))
     n_batch = 32 if quick else assistant.cfg.zero_shot.n_compare + 1  # quick: partners capped by the set
     m["zero_shot_batch"] = _guard(lambda: measure_zero_shot(assistant, "batch", n_batch))
@@ -486,7 +549,9 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
         _entry("inspect_answer_full_s", val("inspect_answer", "full_answer_s_median"), "s",
                why("inspect_answer") or f"{ia.get('answer_tokens')} answer tokens (max {ia.get('max_new_tokens')})"),
         _entry("inspect_answer_48_tokens_s", val("inspect_answer_48", "full_answer_s_median"), "s",
-               why("inspect_answer_48") or f"answer forced to {m['inspect_answer_48'].get('answer_tokens')} tokens"),
+               why("inspect_answer_48") or f"answer forced to {m['inspect_answer_48'].get('answer_tokens')} tokens; "
+               f"LLM as loaded: {llm_as_loaded}"),
+        *_llm_runtime_rows(m["llm_runtimes"], n_max),
         _entry("server_inspect_answer_s", val("server", "inspect_answer_s_median"), "s",
                why("server") or f"POST /inspect + first answer over HTTP to a warm server; streamed follow-up "
                f"first piece {m['server'].get('ask_first_piece_s_median', 0):.2f} s, whole "
@@ -518,6 +583,18 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "torch": torch.__version__,
             "summary": summary, "measurements": m, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+
+
+def _llm_runtime_rows(r: dict[str, Any], n_max: int) -> list[dict[str, Any]]:
+    """Rows of measure_llm_runtimes: torch and llama.cpp beside each other."""
+    why = r.get("error") or r.get("skipped") or ""
+    note = why or f"inspect + answer, rounds alternate torch / llama.cpp ({r.get('decoder')})"
+    rows = []
+    for name, field in (("first_token_s", "first_token_s"), ("answer_18_tokens_s", "answer_s_18"),
+                        (f"answer_{n_max}_tokens_s", f"answer_s_{n_max}")):
+        for key in ("torch", "llamacpp"):
+            rows.append(_entry(f"{name}_{key}", r.get(f"{key}_{field}"), "s", note))
+    return rows
 
 
 def _share(ms: float | None, answer_s: float | None) -> float | None:

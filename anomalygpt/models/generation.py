@@ -1,19 +1,42 @@
 """Answer generation for AnomalyLVLM: greedy or sampled answers for a batch, and one answer
 streamed piece by piece for the chat UI (generation runs in a thread; the consumer can stop
-it early)."""
+it early).
+
+Greedy answers go to `token_decoder` when one is set (the inspector sets llama.cpp's,
+anomalygpt.llama_runtime): it gets the same prompt embeddings, stop ids and token budget
+and returns token ids, which become text here through the same tokenizer and streamer as
+torch's, so the two runtimes differ only in the arithmetic of the decoding itself."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 
+class TokenDecoder(Protocol):
+    """An inference runtime for greedy answers (anomalygpt.llama_runtime.LlamaDecoder)."""
+
+    def fits(self, n_prompt: int, max_new_tokens: int) -> bool: ...
+
+    def generate_ids(self, embeds: Tensor, max_new_tokens: int, stop_ids: Sequence[int],
+                     min_new_tokens: int = 0) -> Iterator[int]: ...
+
+
 class GenerationMixin:
     """Generation methods of AnomalyLVLM (needs `llm`, `tokenizer`, `llm_cfg`, `eos_token_ids`,
-    `pad_token_id` and `prepare_inputs`)."""
+    `pad_token_id`, `prepare_inputs` and `token_decoder`)."""
+
+    token_decoder: TokenDecoder | None = None
+
+    def _decoder_for(self, do_sample: bool, n_prompt: int, max_new_tokens: int) -> TokenDecoder | None:
+        """The external decoder when it takes this answer: greedy, and the prompt fits its context."""
+        dec = self.token_decoder
+        if dec is None or do_sample or not dec.fits(n_prompt, max_new_tokens):
+            return None
+        return dec
 
     def _generation_config(self, max_new_tokens: int | None, do_sample: bool, temperature: float, top_p: float,
                            min_new_tokens: int = 0):
@@ -35,6 +58,12 @@ class GenerationMixin:
         previous mode afterwards.
         """
         batch = self.prepare_inputs(global_emb, anomaly_map, questions, None, facts, histories, "left")
+        budget = max_new_tokens or self.llm_cfg.max_new_tokens
+        dec = self._decoder_for(do_sample, batch.inputs_embeds.shape[1], budget)
+        if dec is not None:  # one answer at a time, each prompt without its left padding
+            ids = [list(dec.generate_ids(e[m.bool()], budget, self.eos_token_ids))
+                   for e, m in zip(batch.inputs_embeds, batch.attention_mask)]
+            return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         was_training = self.training
         self.eval()
         try:
@@ -58,6 +87,12 @@ class GenerationMixin:
             raise ValueError(f"stream_generate takes one image (batch 1), got {global_emb.shape[0]}")
         with torch.no_grad():
             batch = self.prepare_inputs(global_emb, anomaly_map, [question], None, [facts], [history or []], "left")
+        budget = max_new_tokens or self.llm_cfg.max_new_tokens
+        dec = self._decoder_for(do_sample, batch.inputs_embeds.shape[1], budget)
+        if dec is not None:
+            yield from _strip_start(_stream_ids(self.tokenizer, dec.generate_ids(
+                batch.inputs_embeds[0], budget, self.eos_token_ids, min_new_tokens)))
+            return
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
         stop = threading.Event()  # set when the consumer stops early (chat UI "stop"), ends generation
@@ -78,13 +113,7 @@ class GenerationMixin:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         try:
-            started = False
-            for piece in streamer:
-                if not started:
-                    piece = piece.lstrip()
-                    started = bool(piece)
-                if piece:
-                    yield piece
+            yield from _strip_start(streamer)
         finally:
             stop.set()
             thread.join()
@@ -101,3 +130,39 @@ class _EventStop:
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _strip_start(pieces: Iterable[str]) -> Iterator[str]:
+    """The pieces without the answer's leading whitespace and without empty pieces."""
+    started = False
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        if piece:
+            yield piece
+
+
+def _stream_ids(tokenizer: Any, ids: Iterator[int]) -> Iterator[str]:
+    """Text pieces of a token-id stream, cut exactly as torch's streamer cuts them (the same
+    transformers TextStreamer, fed here one id at a time). Closing this closes `ids`."""
+    from transformers import TextStreamer
+
+    pieces: list[str] = []
+
+    class _Collect(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            pieces.append(text)
+
+    streamer = _Collect(tokenizer, skip_prompt=False, skip_special_tokens=True)
+    try:
+        for tok in ids:
+            streamer.put(torch.tensor([tok]))
+            yield from pieces
+            pieces.clear()
+        streamer.end()
+        yield from pieces
+    finally:
+        close = getattr(ids, "close", None)
+        if close is not None:
+            close()
