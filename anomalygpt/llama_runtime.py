@@ -11,12 +11,15 @@ multimodal models do), then decodes greedily token by token. `AnomalyLVLM`'s gen
 methods call `generate_ids` and turn the ids into text with the same Hugging Face tokenizer
 and streamer as the torch path.
 
-Measured (benchmarks/llm_runtime_ab.py, 1 thread, a loaded shared machine): each new token
-~3x faster than torch, but the prompt (~300 rows) slower: llama.cpp has no fast matrix-matrix
-path for Q4_1 weights, so the first token came 2.3x later; 48-token answers 1.9x faster,
-18-token answers about even. An F16 copy of the base (llama_model_quantize, 5 s) halved the
-prompt time in a quick check; not wired in. With 2 threads on oversubscribed cores
-llama.cpp's spinning thread barriers stalled badly.
+Weights: llama.cpp has no fast matrix-matrix path for Q4_1, so the ~300-row prompt made the
+first token 2x later than torch's. The decoder therefore runs a Q8_0 copy of the shipped
+GGUF (`decoding_base`: made once by llama.cpp's own quantizer, <1 s, 138 MB, cached): its
+prompt pass is fast and each new token still reads half of float16's bytes. Measured on 2
+idle cores (benchmarks/llm_runtime_ab.py logic, 3 rounds, inspect + answer): Q4_1 base first
+token 0.64 s, 18 tokens 0.86 s, 48 tokens 1.29 s; Q8_0 0.41 / 0.68 / 1.13 s; Q4_0 0.44 /
+0.66 / 1.05 s; F16 0.46 / 0.81 / 1.44 s (torch 0.34-0.42 / 1.65-1.95 / 3.8-4.3 s). Q8_0 was
+taken over Q4_0 because it re-rounds the Q4_1 values far more finely (Q4_0 drops their
+offset). With 2 threads on oversubscribed cores llama.cpp's spinning thread barriers stall.
 
 Selection (`select_decoder`): llm.runtime "torch"; "llama.cpp" (an error when it cannot
 run); "auto" = llama.cpp when the package imports and the adapter was exported, else torch.
@@ -48,6 +51,31 @@ LLAMA_PIP = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_
              'pip install --no-cache-dir llama-cpp-python==0.3.36')
 N_CTX = 2048       # prompt + answer tokens per context (prompts here are a few hundred; longer: torch)
 N_UBATCH = 512     # rows per compute pass of the prompt (llama.cpp splits the one batch)
+
+
+def decoding_base(source: Path) -> Path:
+    """The Q8_0 copy of the GGUF `source` that llama.cpp decodes with (see the module
+    docstring), made once beside the de-quantized LLM cache; temp file, then rename."""
+    from . import hub
+
+    target = hub.cache_dir() / "llm" / f"{source.stem}.q8_0.gguf"
+    if target.is_file():
+        return target
+    import llama_cpp as ll
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    params = ll.llama_model_quantize_default_params()
+    params.ftype = ll.LLAMA_FTYPE_MOSTLY_Q8_0
+    params.allow_requantize = True
+    params.nthread = max(1, torch.get_num_threads())
+    try:
+        if ll.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+            raise LlamaUnavailable(f"llama.cpp could not re-quantize {source} to Q8_0")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 class LlamaUnavailable(ValueError):
@@ -247,7 +275,7 @@ def select_decoder(cfg: LLMConfig, checkpoint: str | Path | None) -> LlamaDecode
     elif cfg.lora_r > 0 and checkpoint is None:
         return give_up("no checkpoint folder given, so the LoRA adapter cannot be found")
     try:
-        return LlamaDecoder(base, adapter)
+        return LlamaDecoder(decoding_base(base), adapter)
     except ImportError as e:
         return give_up(f"llama_cpp does not import ({str(e).splitlines()[0][:160]}); fix: {LLAMA_PIP}")
     except Exception as e:  # noqa: BLE001 - auto mode: torch still works
@@ -281,4 +309,4 @@ def decoder_for(assistant: Any, tmp_dir: str | Path) -> tuple[LlamaDecoder, str]
             adapter = Path(tmp_dir) / "lora.gguf"
             export_adapter(source, adapter, lvlm=assistant.lvlm)
             where = "adapter exported now"
-    return LlamaDecoder(base, adapter), where
+    return LlamaDecoder(decoding_base(base), adapter), where

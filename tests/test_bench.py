@@ -38,7 +38,7 @@ def test_format_table_renders_results() -> None:
     row = {ln.split()[0]: ln for ln in lines if ln.split() and ln.split()[0] in {e["name"] for e in results["summary"]}}
     assert "45 img/s" in row["detector_ips_batch16"] and "1.50" in row["detector_ips_batch16"]
     assert "ok" in row["detector_ips_batch16"]
-    assert "MISS" in row["inspect_answer_full_s"] and "2.00" in row["inspect_answer_full_s"]
+    assert "MISS" in row["inspect_answer_full_s"] and "3.00" in row["inspect_answer_full_s"]
     assert "ok" in row["inspect_peak_rss_gb"] and "0.48" in row["inspect_peak_rss_gb"]
     assert "n/a" in row["llm_load_cold_s"] and "quick mode" in row["llm_load_cold_s"]
     assert "2.5 s" in row["train_sec_per_step"]
