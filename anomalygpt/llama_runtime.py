@@ -15,9 +15,9 @@ Weights: llama.cpp has no fast matrix-matrix path for Q4_1, so the ~300-row prom
 first token 2x later than torch's. The decoder therefore runs a Q8_0 copy of the shipped
 GGUF (`decoding_base`: made once by llama.cpp's own quantizer, <1 s, 138 MB, cached): its
 prompt pass is fast and each new token still reads half of float16's bytes. Measured on 2
-idle cores (benchmarks/llm_runtime_ab.py logic, 3 rounds, inspect + answer): Q4_1 base first
-token 0.64 s, 18 tokens 0.86 s, 48 tokens 1.29 s; Q8_0 0.41 / 0.68 / 1.13 s; Q4_0 0.44 /
-0.66 / 1.05 s; F16 0.46 / 0.81 / 1.44 s (torch 0.34-0.42 / 1.65-1.95 / 3.8-4.3 s). Q8_0 was
+idle cores (benchmarks/llm_base_quant_ab.py, 3 rounds, inspect + answer): Q4_1 base first
+token 0.61 s, 18 tokens 0.80 s, 48 tokens 1.16 s; Q8_0 0.38 / 0.60 / 1.00 s; Q4_0 0.43 /
+0.63 / 1.03 s; F16 0.44 / 0.78 / 1.34 s (torch 0.31 / 1.41-1.51 / 3.37-3.63 s). Q8_0 was
 taken over Q4_0 because it re-rounds the Q4_1 values far more finely (Q4_0 drops their
 offset). With 2 threads on oversubscribed cores llama.cpp's spinning thread barriers stall.
 
