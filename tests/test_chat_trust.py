@@ -121,14 +121,19 @@ def test_every_intent_has_right_and_wrong_cases():
         assert {c[3] for c in CASES if c[1].name == name} == {True, False}, name
 
 
+def _random_regions(rng: np.random.Generator, max_boxes: int) -> tuple[np.ndarray, list[Region]]:
+    """A 60 x 60 mask of 1..max_boxes random rectangles and its measured regions."""
+    mask = np.zeros((60, 60), bool)
+    for _ in range(int(rng.integers(1, max_boxes + 1))):
+        y, x = rng.integers(0, 50, 2)
+        mask[y:y + int(rng.integers(3, 25)), x:x + int(rng.integers(3, 25))] = True
+    return mask, [Region.from_measured(r) for r in qa.to_regions(mask, 4)]
+
+
 def test_grounded_answers_pass_the_checker_on_random_reports():
     rng = np.random.default_rng(0)
     for i in range(60):
-        mask = np.zeros((60, 60), bool)
-        for _ in range(int(rng.integers(1, 4))):
-            y, x = rng.integers(0, 50, 2)
-            mask[y:y + int(rng.integers(3, 25)), x:x + int(rng.integers(3, 25))] = True
-        regions = [Region.from_measured(r) for r in qa.to_regions(mask, 4)]
+        mask, regions = _random_regions(rng, 3)
         score = float(rng.uniform(0.1, 2.0))
         report = InspectionReport(score=score, threshold=1.0, threshold_source="t", anomaly_map=mask * 1.0,
                                   mask=mask if score >= 1 else np.zeros_like(mask), regions=regions if score >= 1 else [],
@@ -266,11 +271,7 @@ def test_the_facts_state_what_the_trained_answers_copy():
     computed by the LLM (it added region shares wrongly and mapped cells to sides wrongly)."""
     rng = np.random.default_rng(3)
     for i in range(40):
-        mask = np.zeros((60, 60), bool)
-        for _ in range(int(rng.integers(1, 5))):
-            y, x = rng.integers(0, 50, 2)
-            mask[y:y + int(rng.integers(3, 25)), x:x + int(rng.integers(3, 25))] = True
-        regions = [Region.from_measured(r) for r in qa.to_regions(mask, 4)]
+        mask, regions = _random_regions(rng, 4)
         report = InspectionReport(score=2.0, threshold=1.0, threshold_source="t", anomaly_map=mask * 1.0, mask=mask,
                                   regions=regions, image_size=(60, 60))
         facts = report.facts()
