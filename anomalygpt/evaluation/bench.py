@@ -127,6 +127,22 @@ def measure_encoder_runtimes(assistant: Any, batch_size: int = 16, rounds: int =
             "rounds": rounds, "onnx_source": source, "export_s": export_s, "ort_threads": torch.get_num_threads()}
 
 
+def _timed_answer(assistant: Any, img: Any, references: Any, question: str, max_new_tokens: int | None = None,
+                  min_new_tokens: int = 0) -> tuple[float, float, float, str]:
+    """inspect() then the streamed answer, as the chat does: (seconds to the report, to the
+    first answer text, to the whole answer; the answer)."""
+    t0 = time.perf_counter()
+    report = assistant.inspect(img, references, question=None)
+    t1 = time.perf_counter()
+    first, pieces = None, []
+    for piece in assistant.stream_ask(report, question, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens):
+        if first is None:
+            first = time.perf_counter()
+        pieces.append(piece)
+    t2 = time.perf_counter()
+    return t1 - t0, (first or t2) - t0, t2 - t0, "".join(pieces)
+
+
 def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20, question: str | None = None,
                            references: Any = None, min_new_tokens: int = 0) -> dict[str, Any]:
     """inspect() then the streamed answer to the main question, as the chat does: time to
@@ -143,18 +159,9 @@ def measure_inspect_answer(assistant: Any, image: Any = None, repeats: int = 20,
     rows: list[tuple[float, float, float]] = []
     answer = ""
     for i in range(max(1, repeats) + 1):
-        t0 = time.perf_counter()
-        report = assistant.inspect(img, references, question=None)
-        t1 = time.perf_counter()
-        first, pieces = None, []
-        for piece in assistant.stream_ask(report, question, min_new_tokens=min_new_tokens):
-            if first is None:
-                first = time.perf_counter()
-            pieces.append(piece)
-        t2 = time.perf_counter()
+        *times, answer = _timed_answer(assistant, img, references, question, min_new_tokens=min_new_tokens)
         if i:  # the first round is the warm-up
-            rows.append((t1 - t0, (first or t2) - t0, t2 - t0))
-        answer = "".join(pieces)
+            rows.append(tuple(times))
     inspect_s, first_s, full_s = (statistics.median(c) for c in zip(*rows))
     # the answer re-tokenized: exact for real text, approximate for a random test model
     n_tokens = len(assistant.lvlm.tokenizer(answer, add_special_tokens=False).input_ids)
@@ -191,17 +198,10 @@ def measure_llm_runtimes(assistant: Any, rounds: int = 3, lengths: tuple[int, ..
                 for n in lengths:
                     for name, d in runtimes:
                         lvlm.token_decoder = d
-                        t_start = time.perf_counter()
-                        report = assistant.inspect(img, None, question=None)
-                        first, pieces = None, []
-                        for piece in assistant.stream_ask(report, DEFAULT_QUESTION, max_new_tokens=n, min_new_tokens=n):
-                            if first is None:
-                                first = time.perf_counter()
-                            pieces.append(piece)
-                        end = time.perf_counter()
+                        _, first_s, full_s, answers[f"{name}_{n}"] = _timed_answer(
+                            assistant, img, None, DEFAULT_QUESTION, max_new_tokens=n, min_new_tokens=n)
                         if rnd:  # round 0 is the warm-up
-                            times.setdefault((name, n), []).append(((first or end) - t_start, end - t_start))
-                        answers[f"{name}_{n}"] = "".join(pieces)
+                            times.setdefault((name, n), []).append((first_s, full_s))
         finally:
             lvlm.token_decoder = own
             if dec is not own:
