@@ -4,7 +4,7 @@ sampled answers and wherever llama.cpp is missing.
 
 WHY: decoding one token reads every weight once, so on a CPU its time is memory traffic.
 Eager torch streams the float16 copy (~270 MB per token, plus ~200 Python-level ops);
-llama.cpp streams the Q4_1 GGUF (~90 MB) in fused C kernels. The prompt is still built by
+llama.cpp streams a Q8_0 copy of the GGUF (~140 MB) in fused C kernels. The prompt is still built by
 torch (`AnomalyLVLM.prepare_inputs`: tokens, facts, history, the image and map embeddings),
 so there is one prompt code path; llama.cpp receives its rows as ONE embedding batch (as its
 multimodal models do), then decodes greedily token by token. `AnomalyLVLM`'s generation
@@ -55,10 +55,13 @@ N_UBATCH = 512     # rows per compute pass of the prompt (llama.cpp splits the o
 
 def decoding_base(source: Path) -> Path:
     """The Q8_0 copy of the GGUF `source` that llama.cpp decodes with (see the module
-    docstring), made once beside the de-quantized LLM cache; temp file, then rename."""
+    docstring), made once beside the de-quantized LLM cache; temp file, then rename. Named by
+    the source's size and modification time, so a reinstalled or replaced GGUF gets a new
+    copy instead of a stale one (same-architecture files of one quantization share a size)."""
     from . import hub
 
-    target = hub.cache_dir() / "llm" / f"{source.stem}.q8_0.gguf"
+    st = source.stat()
+    target = hub.cache_dir() / "llm" / f"{source.stem}-{st.st_size}-{st.st_mtime_ns}.q8_0.gguf"
     if target.is_file():
         return target
     import llama_cpp as ll
