@@ -1,9 +1,10 @@
 """The checkpoint's LoRA as a llama.cpp adapter GGUF: `anomalygpt export --format gguf`.
 
-WHY an adapter and not re-quantized folded weights: the shipped base GGUF stays the one
-llama.cpp runs (Q4_1, ~90 MB streamed per token), and the trained deltas stay exact (float32
-A and B; llama.cpp adds scale * B @ (A @ x) beside each quantized matmul). Re-quantizing
-W + scale * B @ A to 4 bits would blur the small trained deltas into the quantization noise.
+WHY an adapter and not re-quantized folded weights: the base weights stay the shipped ones
+(llama.cpp runs a Q8_0 copy of the Q4_1 GGUF, `llama_runtime.decoding_base`), and the trained
+deltas stay exact (float32 A and B; llama.cpp adds scale * B @ (A @ x) beside each quantized
+matmul). Re-quantizing W + scale * B @ A would blur the small trained deltas into the
+quantization noise.
 
 Layout (read from llama.cpp's adapter loader): general.type "adapter", general.architecture
 of the base, adapter.type "lora", adapter.lora.alpha; tensors `blk.{i}.{attn_q,...}.weight.

@@ -27,8 +27,6 @@ MAIN_FORM = ("main", "main_ok", "decision_pass", "decision_reject", "ignore")
 TRAINED_FOLLOWUPS = 3
 
 
-
-
 def _regions(report: InspectionReport) -> list[dict]:
     return [{"cell": r.cell, "area_share": r.area_share} for r in report.regions] if report.is_anomalous else []
 
