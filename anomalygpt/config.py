@@ -202,6 +202,15 @@ class ZeroShotConfig:
     # above it, well inside a dev AUROC's standard error (~0.01 on ~500 images), and a default
     # is not changed on noise. (Pool 1 measured on ELPV test once: 0.833 / 0.747 vs 0.834 / 0.787.)
     pools: list[int] = field(default_factory=lambda: [3])
+    # self: a patch is also matched with the turned / mirrored copies of the image's other
+    # patches (models.orientations names; zeroshot/self_similarity.py says why): the cut
+    # corners of a mono cell, the ends of a busbar, grains lying the other way find twins.
+    # Dev AUROC none -> rot90 (benchmarks/zeroshot_twins_dev.py, window 6, 224 px): ELPV mono
+    # dev 0.964 -> 0.968, poly dev 0.908 -> 0.912, textures dev local (data_sim) anomalies
+    # 0.688 -> 0.714; rot180 0.960 / 0.914 / 0.701, dihedral 0.968 / - / 0.698. rot90 was the
+    # only setting better on all three; "none" for parts whose orientation is itself checked.
+    # Cost: 4 encoder passes and 4 similarity matrices per image instead of 1
+    self_orientations: Literal["none", "rot180", "rot90", "dihedral"] = "rot90"
     # batch: each image is compared with n_compare other images; a patch's score is the mean
     # of its lowest `fraction` of per-image nearest-neighbour distances
     n_compare: int = 100

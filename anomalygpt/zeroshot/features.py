@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..models.encoders import ImageEncoder
 from ..models.memory_bank import grid_size, patch_features
+from ..models.orientations import orientation_copies
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -51,6 +52,33 @@ def encoder_patch_sets(encoder: ImageEncoder, images: torch.Tensor, size: int, p
             feats[k].append(patch_features(maps, pool))
         globs.append(glob.float())
     return [torch.cat(f) for f in feats], hw, torch.cat(globs)
+
+
+@torch.no_grad()
+def oriented_patch_sets(encoder: ImageEncoder, images: torch.Tensor, size: int, pools: Sequence[int],
+                        orientations: str, batch_size: int = 16
+                        ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], tuple[int, int], torch.Tensor]:
+    """Patch features of the images AND of their turned / mirrored copies
+    (models.orientations: "none", "rot180", "rot90", "dihedral"), each copy's grid turned
+    back onto the images' own grid: position p of a copy holds patch p seen turned.
+    Returns ([B x (h*w) x C per pool], [[copy features per pool] per copy], grid, global
+    embedding of the images as given). Copies need a square grid (square inputs here)."""
+    transforms = orientation_copies(orientations)
+    feats, hw, glob = encoder_patch_sets(encoder, images, size, pools, batch_size)
+    copies: list[list[torch.Tensor]] = []
+    for turn in transforms[1:]:
+        turned, (h, w), _ = encoder_patch_sets(encoder, turn(resize_batch(images, size)), size, pools, batch_size)
+        if (h, w) != hw:
+            raise ValueError(f"orientation copies need a square patch grid, got {hw} and {(h, w)}")
+        # where each position of the turned grid came from: the same transform on an index grid
+        source = turn(torch.arange(h * w).view(1, 1, h, w)).flatten()
+        back = []
+        for f in turned:
+            restored = torch.empty_like(f)
+            restored[:, source] = f
+            back.append(restored)
+        copies.append(back)
+    return feats, copies, hw, glob
 
 
 def to_image(grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..models.detector import gaussian_blur
 from ..models.encoders import ImageEncoder
 from ..models.memory_bank import nn_similarity
 from .batch_mutual import mutual_scores
-from .features import average_maps, encoder_patch_sets, encoder_patches
+from .features import average_maps, encoder_patches, oriented_patch_sets
 from .rescore import knn_rescore
 from .self_similarity import self_similarity_scores
 from .thresholds import MIN_SET, most_normal, robust_z, set_threshold
@@ -100,20 +100,23 @@ def score_self(images: torch.Tensor, ctx: ZeroShotContext, chunk: int = 16) -> Z
     for start in range(0, len(images), chunk):  # grid maps only are kept: memory stays flat
         maps, glob = [], None
         for s in scale_sizes(cfg.scales, ctx.map_size):
-            feat_sets, (h, w), g = encoder_patch_sets(ctx.encoder, images[start:start + chunk], s, cfg.pools)
+            feat_sets, copies, (h, w), g = oriented_patch_sets(ctx.encoder, images[start:start + chunk], s, cfg.pools,
+                                                                cfg.self_orientations)
             glob = g if glob is None or s == ctx.map_size else glob  # the LLM saw embeddings at the detector size
             n_patches = h * w if not n_patches or s == ctx.map_size else n_patches
             # on a small grid (a small scale, a 64 px model) the window is capped so that every
             # patch keeps some patches to compare with
-            for feats in feat_sets:  # one map per aggregation degree, averaged
-                maps.append(self_similarity_scores(feats, h, w, min(cfg.window, (max(h, w) - 2) // 2)))
+            for k, feats in enumerate(feat_sets):  # one map per aggregation degree, averaged
+                maps.append(self_similarity_scores(feats, h, w, min(cfg.window, (max(h, w) - 2) // 2),
+                                                   [c[k] for c in copies]))
         amaps.append(average_maps(maps, size))
         globs.append(glob)
     amap, glob = torch.cat(amaps), torch.cat(globs)
     scores = image_scores(amap, ctx.smooth_sigma)
     thr, info, source = self_call_threshold(amap, scores, ctx.smooth_sigma, n_patches, cfg)
     return ZeroShotResult(amap, scores, thr, source, glob, info | {"scales": list(cfg.scales), "window": cfg.window,
-                                                                    "pools": list(cfg.pools)})
+                                                                    "pools": list(cfg.pools),
+                                                                    "orientations": cfg.self_orientations})
 
 
 def self_call_threshold(amap: torch.Tensor, scores: torch.Tensor, sigma: float,

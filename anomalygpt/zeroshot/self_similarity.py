@@ -11,6 +11,8 @@ steps). Pure torch, no I/O.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -24,18 +26,32 @@ def window_mask(h: int, w: int, window: int, device: torch.device | None = None)
     return ((yy[:, None] - yy[None]).abs() <= window) & ((xx[:, None] - xx[None]).abs() <= window)
 
 
-def self_similarity_scores(feats: torch.Tensor, h: int, w: int, window: int = 2) -> torch.Tensor:
+def self_similarity_scores(feats: torch.Tensor, h: int, w: int, window: int = 2,
+                           copies: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """Per-patch self-similarity anomaly score of each image.
 
     feats: B x (h*w) x C, L2-normalized patch features on an h x w grid (row-major).
-    Returns B x 1 x h x w: 1 - max cosine similarity to any patch of the SAME image outside
-    the (2*window+1)^2 square around the patch, in 0..2. When the window covers the whole grid
-    no patch is left to compare with, which is an error rather than a silent zero map.
+    copies: the same images' features from turned / mirrored copies, each turned back onto
+    the query's grid (`features.oriented_patch_sets`), so position p of a copy holds patch p
+    seen in another orientation. A patch is then also matched with the other patches' turned
+    copies: the four cut corners of a mono cell are one corner in four orientations, and each
+    finds its twins. The same window is excluded in every copy, which leaves out the patch's
+    own turned copy (a defect would otherwise match itself).
+    Returns B x 1 x h x w: 1 - max cosine similarity to any patch of the SAME image (or of its
+    copies) outside the (2*window+1)^2 square around the patch, in 0..2. When the window
+    covers the whole grid no patch is left to compare with, which is an error rather than a
+    silent zero map.
     """
     if feats.dim() != 3 or feats.shape[1] != h * w:
         raise ValueError(f"feats must be B x (h*w) x C with h*w = {h * w}, got {tuple(feats.shape)}")
     if 2 * window + 1 >= max(h, w):
         raise ValueError(f"window {window} excludes the whole {h}x{w} grid; use a window under {(max(h, w) - 1) // 2}")
+    for c in copies:
+        if c.shape != feats.shape:
+            raise ValueError(f"each copy must have the query's shape {tuple(feats.shape)}, got {tuple(c.shape)}")
     near = window_mask(h, w, window, feats.device)
-    sims = torch.einsum("bpc,bqc->bpq", feats, feats).masked_fill_(near, -2.0)
-    return (1.0 - sims.amax(-1)).view(-1, 1, h, w)
+    best = None
+    for bank in (feats, *copies):
+        sims = torch.einsum("bpc,bqc->bpq", feats, bank).masked_fill_(near, -2.0).amax(-1)
+        best = sims if best is None else torch.maximum(best, sims)
+    return (1.0 - best).view(-1, 1, h, w)

@@ -1,0 +1,96 @@
+"""Batch zero-shot fused with the query's own self-similarity, chosen WITHOUT test labels
+(issue 18).
+
+The two signals fail differently: mutual scoring misses a defect that many images of the
+batch share (a crack finds cracks in other cells), self-similarity misses one that repeats
+inside its own image and flags rare-but-normal parts of a busy surface. A batch call has
+both at no extra encoder pass. Each map is divided by the median image score of its kind
+over the call (set-level scale, no label), and the two are added.
+
+Dev sets only (as benchmarks/zeroshot_twins_dev.py): ELPV TRAIN normals with data_sim
+anomalies (mono / poly, benchmarks/zeroshot_dev.py) and the textures dev set (each texture
+is its own batch). Prints image AUROC of batch, self, and the fused score.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/zeroshot_fusion_dev.py mono --max 500
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from anomalygpt.images import batch_tensor
+from anomalygpt.inspector import AnomalyGPT
+from anomalygpt.zeroshot.batch_mutual import mutual_scores
+from anomalygpt.zeroshot.features import average_maps, oriented_patch_sets
+from anomalygpt.zeroshot.modes import image_scores
+from anomalygpt.zeroshot.self_similarity import self_similarity_scores
+
+
+def maps_for(enc, x: torch.Tensor, twins: str, window: int, fractions: list[float]) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {"self": []}
+    feats_all = []
+    for i in range(0, len(x), 16):
+        f, c, (h, w), _ = oriented_patch_sets(enc, x[i:i + 16], 224, [3], twins)
+        out["self"].append(self_similarity_scores(f[0], h, w, window, [cc[0] for cc in c]))
+        feats_all.append(f[0])
+    feats = torch.cat(feats_all)
+    res = {"self": average_maps([torch.cat(out["self"])], (224, 224))}
+    for frac in fractions:
+        res[f"batch{frac}"] = average_maps([mutual_scores(feats, 100, frac).view(-1, 1, h, w)], (224, 224))
+    return res
+
+
+def fused(a: torch.Tensor, b: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    sa, sb = image_scores(a, 4.0).median(), image_scores(b, 4.0).median()
+    return a / sa + b / sb if how == "sum" else torch.maximum(a / sa, b / sb)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("set", choices=["mono", "poly", "textures"])
+    ap.add_argument("--max", type=int, default=500)
+    ap.add_argument("--twins", default="none")
+    ap.add_argument("--window", type=int, default=6)
+    ap.add_argument("--fractions", default="0.3")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    fractions = [float(v) for v in args.fractions.split(",")]
+    enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
+    if args.set == "textures":
+        from benchmarks.detector_dev import textures_dev
+
+        imgs, kinds, _, groups = textures_dev()
+    else:
+        from benchmarks.zeroshot_dev import dev_set
+
+        imgs, lab = dev_set(args.set, args.max)
+        kinds, groups = ["sim" if v else "good" for v in lab], [args.set] * len(imgs)
+    kinds, groups = np.array(kinds), np.array(groups)
+    x = batch_tensor(imgs, 224)
+    t0 = time.perf_counter()
+    rows: dict[str, dict[str, float]] = {}
+    for grp in sorted(set(groups)):
+        sel = np.flatnonzero(groups == grp)
+        m = maps_for(enc, x[torch.from_numpy(sel)], args.twins, args.window, fractions)
+        for frac in fractions:
+            m[f"self+batch{frac}"] = fused(m["self"], m[f"batch{frac}"])
+            m[f"max(self,batch{frac})"] = fused(m["self"], m[f"batch{frac}"], "max")
+        for name, amap in m.items():
+            s = image_scores(amap, 4.0).numpy()
+            k = kinds[sel]
+            for kind in sorted(set(k) - {"good"}) + ["all"]:
+                use = (k == "good") | (k == kind) if kind != "all" else np.ones(len(k), bool)
+                rows.setdefault(name, {}).setdefault(kind, []).append(roc_auc_score(k[use] != "good", s[use]))
+        rho = spearmanr(image_scores(m["self"], 4.0).numpy(), image_scores(m[f"batch{fractions[0]}"], 4.0).numpy())[0]
+        print(f"{grp} done ({time.perf_counter() - t0:.0f}s); Spearman(self, batch) over the set {rho:.3f}", flush=True)
+    for name, per_kind in rows.items():
+        print(f"{name:16s} " + " ".join(f"{kind} {np.mean(v):.3f}" for kind, v in per_kind.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
