@@ -455,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-answers", action="store_true", help="skip the LLM answers (faster)")
     sp.add_argument("--max-images", type=int, default=None)
     sp.add_argument("--zero-shot", default=None, metavar="MODE", help=ZERO_SHOT_HELP + " (with --shots 0)")
-    sp.add_argument("--set", action="append", default=[], metavar="memory.KEY=VALUE",
-                    help="reference-side setting for this evaluation, e.g. memory.orientations=none (repeatable)")
+    sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="memory.* or zero_shot.* setting for this evaluation, e.g. memory.orientations=none or "
+                         "zero_shot.second_pass=false (repeatable)")
     sp.set_defaults(func=cmd_eval)
 
     sp = add("simulate", "write simulated anomalies, masks, qa.jsonl and a preview grid")

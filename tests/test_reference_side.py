@@ -142,16 +142,24 @@ def test_few_references_get_a_threshold_from_their_own_views(tiny_checkpoint):
     assert a.threshold_for(one)[1].startswith("views of the 1 reference:") and "itself" in a.threshold_for(one)[1]
 
 
-def test_eval_overrides_are_checked_memory_settings(tiny_checkpoint):
-    from anomalygpt.evaluation.harness import _memory_overrides
+def test_eval_overrides_are_checked_memory_and_zero_shot_settings(tiny_checkpoint):
+    from anomalygpt.evaluation.harness import _overrides, _zero_shot_settings, run_eval
 
-    assert _memory_overrides(tiny_checkpoint, []) == {}
-    assert _memory_overrides(tiny_checkpoint, ["memory.orientations=none", "memory.dist_weight=0"]) == {
-        "orientations": "none", "dist_weight": 0.0}
+    assert _overrides(tiny_checkpoint, []) == ({}, {})
+    assert _overrides(tiny_checkpoint, ["memory.orientations=none", "memory.dist_weight=0"]) == (
+        {"orientations": "none", "dist_weight": 0.0}, {})
+    assert _overrides(tiny_checkpoint, ["zero_shot.second_pass=false", "memory.orientations=none"]) == (
+        {"orientations": "none"}, {"second_pass": False})
+    settings = _zero_shot_settings(tiny_checkpoint, "batch", 0, {"second_pass": False})["settings"]
+    assert settings["second_pass"] is False and settings["mode"] == "batch"
     with pytest.raises(ConfigError, match="only memory"):
-        _memory_overrides(tiny_checkpoint, ["encoder.image_size=32"])
+        _overrides(tiny_checkpoint, ["encoder.image_size=32"])
     with pytest.raises(ConfigError, match="memory.orientations"):
-        _memory_overrides(tiny_checkpoint, ["memory.orientations=sideways"])
+        _overrides(tiny_checkpoint, ["memory.orientations=sideways"])
+    with pytest.raises(ConfigError, match="zero_shot.self_orientations"):
+        _overrides(tiny_checkpoint, ["zero_shot.self_orientations=sideways"])
+    with pytest.raises(ValueError, match="--zero-shot MODE"):
+        run_eval("textures", checkpoint=str(tiny_checkpoint), overrides=["zero_shot.window=2"])
 
 
 def test_leave_one_out_threshold_uses_the_same_score_as_a_query(tiny_checkpoint):

@@ -387,8 +387,10 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     seed_list: list[int | None] = [int(s) for s in seeds] if isinstance(shots, int) and shots > 0 else [None]
     if not seed_list:
         raise ValueError("seeds is empty; give at least one seed, e.g. 0,1,2")
-    zs = _zero_shot_settings(checkpoint, zero_shot, shots)
-    memory_overrides = _memory_overrides(checkpoint, overrides)
+    memory_overrides, zero_shot_overrides = _overrides(checkpoint, overrides)
+    if zero_shot_overrides and not zero_shot:
+        raise ValueError("zero_shot.KEY=VALUE settings apply to a zero-shot mode; add --zero-shot MODE")
+    zs = _zero_shot_settings(checkpoint, zero_shot, shots, zero_shot_overrides)
     groups = dataset_groups(dataset)
     for g in groups:
         if shots and not g.train_normals:
@@ -432,6 +434,8 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
                     assistant = AnomalyGPT.from_pretrained(checkpoint, with_llm=answers)
                     for key, value in memory_overrides.items():
                         setattr(assistant.cfg.memory, key, value)
+                    for key, value in zero_shot_overrides.items():
+                        setattr(assistant.cfg.zero_shot, key, value)
                 refs = pick_references(g.train_normals, shots, seed)
                 skipped: list[dict[str, str]] = []
                 run = evaluate_run(assistant, test, refs, question, batch_size, progress,
@@ -466,9 +470,10 @@ def run_eval(dataset: str, checkpoint: str = "embedded", shots: int | str = 0, s
     return results
 
 
-def _zero_shot_settings(checkpoint: str | Path, zero_shot: str | None, shots: int | str) -> dict[str, Any]:
-    """{} for the trained modes; else the mode name and its settings (part of the run's
-    fingerprint, so a run made with other settings is not reused)."""
+def _zero_shot_settings(checkpoint: str | Path, zero_shot: str | None, shots: int | str,
+                        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{} for the trained modes; else the mode name and its settings, `overrides` applied
+    (part of the run's fingerprint, so a run made with other settings is not reused)."""
     if not zero_shot:
         return {}
     from ..checkpoint import read_config
@@ -480,29 +485,35 @@ def _zero_shot_settings(checkpoint: str | Path, zero_shot: str | None, shots: in
     if shots != 0:
         raise ValueError(f"zero-shot mode '{mode.name}' uses no references; use --shots 0")
     cfg = read_config(resolve_checkpoint(checkpoint))
-    return {"mode": mode.name, "settings": to_dict(cfg.zero_shot) | {"mode": mode.name}}
+    return {"mode": mode.name, "settings": to_dict(cfg.zero_shot) | (overrides or {}) | {"mode": mode.name}}
 
 
-def _memory_overrides(checkpoint: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """{key: value} of "memory.KEY=VALUE" overrides, checked by the config loader against the
-    checkpoint's config (a typo or a bad value is one clear line)."""
+EVAL_SECTIONS = ("memory", "zero_shot")  # settings that change inference, not the trained model
+
+
+def _overrides(checkpoint: str | Path, overrides: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({key: value} of "memory.KEY=VALUE", of "zero_shot.KEY=VALUE") overrides, checked by
+    the config loader against the checkpoint's config (a typo or a bad value is one clear
+    line)."""
     if not overrides:
-        return {}
+        return {}, {}
     from ..checkpoint import read_config
     from ..config import ConfigError, from_dict, parse_override, to_dict
     from ..inspector import resolve_checkpoint
 
     data = to_dict(read_config(resolve_checkpoint(checkpoint)))
-    keys = []
+    keys: dict[str, list[str]] = {sec: [] for sec in EVAL_SECTIONS}
     for item in overrides:
         key, value = parse_override(item)
-        if not key.startswith("memory.") or key.count(".") != 1:
-            raise ConfigError(f"override '{item}': only memory.KEY=VALUE settings apply at evaluation "
-                              "(the other sections are the trained model)")
-        data["memory"][key.split(".")[1]] = value
-        keys.append(key.split(".")[1])
-    mem = from_dict(data).memory
-    return {k: getattr(mem, k) for k in keys}
+        section = key.split(".")[0]
+        if section not in EVAL_SECTIONS or key.count(".") != 1:
+            raise ConfigError(f"override '{item}': only memory.KEY=VALUE and zero_shot.KEY=VALUE settings apply "
+                              "at evaluation (the other sections are the trained model)")
+        data[section][key.split(".")[1]] = value
+        keys[section].append(key.split(".")[1])
+    cfg = from_dict(data)
+    mem, zs = ({k: getattr(getattr(cfg, sec), k) for k in keys[sec]} for sec in EVAL_SECTIONS)
+    return mem, zs
 
 
 def _safe(name: str) -> str:

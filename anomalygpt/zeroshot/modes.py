@@ -188,7 +188,7 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
     info: dict[str, Any] = {"n_images": n, "n_compare": min(cfg.n_compare, n - 1), "fraction": cfg.fraction}
     if cfg.second_pass and n >= 5:
         # the most normal-scored images become references; a reference is scored against the
-        # others only. Mono dev set AUROC 0.975 -> 0.980, poly dev 0.896 -> 0.897: off by default
+        # others only (config.ZeroShotConfig.second_pass gives the dev numbers that turned it on)
         refs = most_normal(scores.numpy(), cfg.ref_fraction, maximum=cfg.max_refs)
         second = [reference_scores(feats, refs).view(n, 1, h, w) for feats, h, w in feats_all]
         amap = average_maps(second, size)
