@@ -2,7 +2,7 @@
 
     python benchmarks/speed_ab.py decode --rounds 5          # llm.decode_weights auto vs float32
     python benchmarks/speed_ab.py encoder-cache --rounds 3   # warm load with vs without the TorchScript encoder cache
-    python benchmarks/speed_ab.py self-twins --rounds 3      # zero-shot self: orientation twins rot90 vs none
+    python benchmarks/speed_ab.py zero-shot --rounds 3       # self with / without turned copies; batch with / without the second pass
 
 These machines are shared and their speed drifts by tens of percent within minutes, so a
 change is never judged by comparing two separate `anomalygpt bench` runs: here the two
@@ -87,27 +87,35 @@ def ab_encoder_cache(rounds: int) -> dict[str, Any]:
             "median_load_s": {v: statistics.median(x) for v, x in loads.items()}, "per_round": loads}
 
 
-def ab_self_twins(rounds: int, n_images: int = 101) -> dict[str, Any]:
-    """Zero-shot `self` per image (detector side, `bench.measure_zero_shot`) with the
-    image's turned copies as twins (`zero_shot.self_orientations: rot90`, 4 encoder passes)
-    and without ("none"), alternating in one assistant."""
+def ab_zero_shot(rounds: int, n_images: int = 101) -> dict[str, Any]:
+    """Zero-shot seconds per image (detector side, `bench.measure_zero_shot`, a set of
+    `n_images`): `self` with the image's turned copies as twins (`zero_shot.self_orientations:
+    rot90`, 4 encoder passes) and without ("none"); `batch` with and without the second pass.
+    The variants alternate in one assistant, round by round."""
     from anomalygpt.evaluation.bench import measure_zero_shot
     from anomalygpt.inspector import AnomalyGPT
 
     assistant = AnomalyGPT.from_pretrained("embedded", with_llm=False)
-    per: dict[str, list[float]] = {"rot90": [], "none": []}
+    zs = assistant.cfg.zero_shot
+    variants = {"self, rot90 copies": ("self", "self_orientations", "rot90"),
+                "self, none": ("self", "self_orientations", "none"),
+                "batch, second pass": ("batch", "second_pass", True),
+                "batch, first pass only": ("batch", "second_pass", False)}
+    defaults = {key: getattr(zs, key) for _, key, _ in variants.values()}
+    per: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds):
-        for name in per:
-            assistant.cfg.zero_shot.self_orientations = name
-            per[name].append(measure_zero_shot(assistant, "self", n_images)["s_per_image"])
+        for name, (mode, key, value) in variants.items():
+            setattr(zs, key, value)
+            per[name].append(measure_zero_shot(assistant, mode, n_images)["s_per_image"])
+            setattr(zs, key, defaults[key])
             print(f"round {r + 1}/{rounds} {name}: {per[name][-1]:.3f} s per image", file=sys.stderr, flush=True)
-    return {"experiment": "self-twins", "rounds": rounds, "n_images": n_images,
+    return {"experiment": "zero-shot", "rounds": rounds, "n_images": n_images,
             "median_s_per_image": {v: statistics.median(x) for v, x in per.items()}, "per_round": per}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("experiment", choices=["decode", "encoder-cache", "self-twins"])
+    p.add_argument("experiment", choices=["decode", "encoder-cache", "zero-shot"])
     p.add_argument("--rounds", type=int, default=5, help="alternations of the two variants")
     p.add_argument("--repeats", type=int, default=3, help="decode: timed answers per variant and round (median)")
     args = p.parse_args(argv)
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --rounds and --repeats must be at least 1", file=sys.stderr)
         return 2
     runs = {"decode": lambda: ab_decode(args.rounds, args.repeats), "encoder-cache": lambda: ab_encoder_cache(args.rounds),
-            "self-twins": lambda: ab_self_twins(args.rounds)}
+            "zero-shot": lambda: ab_zero_shot(args.rounds)}
     res = runs[args.experiment]()
     print(json.dumps(res, indent=1))
     return 0
