@@ -275,3 +275,34 @@ def test_set_threshold_splits_two_populations_and_keeps_one_whole():
     with pytest.raises(ValueError, match="at least 8"):
         set_threshold(normal[:5])
     assert gumbel_k(28 * 28) == pytest.approx(4.16, abs=0.01) and gumbel_k(64) < gumbel_k(784)
+
+
+def test_carry_share_flags_as_many_as_the_first_split():
+    from anomalygpt.zeroshot.thresholds import carry_share
+
+    first = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.25])
+    second = np.array([0.5, 0.1, 0.7, 0.2, 0.9, 0.3])   # another ranking of the same images
+    for thr, k in ((0.5, 2), (0.05, 6), (1.0, 0), (0.22, 4)):
+        t2 = carry_share(first, thr, second)
+        assert int((second >= t2).sum()) == k == int((first > thr).sum())
+    with pytest.raises(ValueError, match="same images"):
+        carry_share(first, 0.5, second[:3])
+
+
+@pytest.mark.parametrize("defect", [set(), {2, 7, 11}])
+def test_second_pass_flags_as_many_images_as_the_first(tiny, defect):
+    """The second pass's references are scored against each other only, so they sit low;
+    its verdicts keep the first pass's count of defective images (a clean folder is not
+    split into references and the rest)."""
+    imgs = _textures(16, defect=defect, seed=1)
+    zs = tiny.cfg.zero_shot
+    flagged = {}
+    for second in (False, True):
+        zs.second_pass = second
+        try:
+            reps = list(tiny.inspect_many(imgs, zero_shot="batch", question=None))
+        finally:
+            zs.second_pass = True
+        flagged[second] = [i for i, r in enumerate(reps) if r.is_anomalous]
+    assert len(flagged[True]) == len(flagged[False])
+    assert defect <= set(flagged[True]) or len(flagged[True]) < len(defect)

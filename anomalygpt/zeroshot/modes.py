@@ -28,7 +28,7 @@ from .batch_mutual import mutual_scores
 from .features import average_maps, encoder_patches, oriented_patch_sets
 from .rescore import knn_rescore
 from .self_similarity import self_similarity_scores
-from .thresholds import MIN_SET, most_normal, robust_z, set_threshold
+from .thresholds import MIN_SET, carry_share, most_normal, robust_z, set_threshold
 
 
 @dataclass
@@ -186,18 +186,23 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
     amap = average_maps(first, size)
     scores = image_scores(amap, ctx.smooth_sigma)
     info: dict[str, Any] = {"n_images": n, "n_compare": min(cfg.n_compare, n - 1), "fraction": cfg.fraction}
+    thr, source = batch_threshold(scores.numpy(), cfg)
     if cfg.second_pass and n >= 5:
         # the most normal-scored images become references; a reference is scored against the
         # others only (config.ZeroShotConfig.second_pass gives the dev numbers that turned it on)
         refs = most_normal(scores.numpy(), cfg.ref_fraction, maximum=cfg.max_refs)
         second = [reference_scores(feats, refs).view(n, 1, h, w) for feats, h, w in feats_all]
         amap = average_maps(second, size)
-        scores = image_scores(amap, ctx.smooth_sigma)
+        first_scores, scores = scores.numpy(), image_scores(amap, ctx.smooth_sigma)
+        # the first pass says how many are defective, the second which (thresholds.carry_share)
+        thr = carry_share(first_scores, thr, scores.numpy())
+        source = f"{source}; as many flagged, ranked by the second pass against the {len(refs)} most normal"
         info |= {"n_refs": len(refs)}
     if cfg.rescore_k > 0:  # image level: blended with the k nearest images' scores (RsCIN)
-        scores = torch.from_numpy(knn_rescore(scores.numpy(), glob, cfg.rescore_k)).to(scores.dtype)
+        before = scores.numpy()
+        scores = torch.from_numpy(knn_rescore(before, glob, cfg.rescore_k)).to(scores.dtype)
+        thr = carry_share(before, thr, scores.numpy())
         info |= {"rescore_k": cfg.rescore_k}
-    thr, source = batch_threshold(scores.numpy(), cfg)
     return ZeroShotResult(amap, scores, np.full(n, thr), source, glob, info)
 
 

@@ -35,6 +35,28 @@ def most_normal(scores: np.ndarray, fraction: float, minimum: int = 4, maximum: 
 MIN_SET = 8  # fewer scores give no usable picture of two populations
 
 
+def carry_share(first: np.ndarray, first_threshold: float, second: np.ndarray) -> float:
+    """A threshold on the `second` scores that flags as many images as `first_threshold`
+    flags on the `first` scores of the same images.
+
+    Why: the batch mode's second pass scores every image against the images the first pass
+    found most normal, and those references are scored against each other only: picked for
+    being alike, they come out lower than any other normal image. Their scores form a
+    population of their own, and a two-population split of the second pass cuts between
+    them and everything else (a clean folder of 500 cells: about 87% flagged). The first
+    pass privileges no image, so its split says how many are defective; the second pass,
+    whose ranking is better, says which."""
+    a, b = np.asarray(first, np.float64).ravel(), np.sort(np.asarray(second, np.float64).ravel())
+    if a.shape != b.shape:
+        raise ValueError(f"first and second scores must be of the same images, got {a.shape} and {b.shape}")
+    n, k = len(b), int((a > first_threshold).sum())
+    if k == 0:
+        return float(np.nextafter(b[-1], np.inf))
+    if k == n:
+        return float(np.nextafter(b[0], -np.inf))
+    return float((b[n - k - 1] + b[n - k]) / 2)
+
+
 SET_RULES = ("lower", "gmm", "mode")
 
 
