@@ -225,7 +225,8 @@ class ZeroShotConfig:
     # (the same best-mean rule that chose 224 px / 0.3). Scoring against the references by
     # the mean of the lowest 10/30/50% of per-reference distances instead of the nearest
     # patch over all: 0.958/0.957/0.957 mono, 0.925/0.920/0.919 poly, 0.863/0.849/0.832
-    # textures, no better
+    # textures, no better. Its verdicts flag as many images as the first pass's split
+    # (zeroshot/thresholds.carry_share; benchmarks/zeroshot_secondpass_threshold_dev.py)
     second_pass: bool = True
     ref_fraction: float = 0.2
     max_refs: int = 64
