@@ -75,6 +75,10 @@ def main() -> None:
     dec_all = torch.cat([det.decoder([m[i:i + 64] for m in maps_all], out_size)[0] for i in range(0, len(x), 64)])
     g_arr, y = np.array(groups), np.array(kinds) != "good"
     fus = fusions(args.fusions)
+    # under MIN_LOO_FOR_SCALE references the inspector takes the checkpoint's fused threshold
+    # (calibrated with the 224 px map only) and its ref_scale: the verdicts show whether that
+    # still fits once the fine level joins the map
+    few_thr = float(a.calibration.extra.get("fused_threshold", a.calibration.threshold))
     results = []
     for variant in args.modes.split(","):
         parts = variant.split("/")
@@ -124,7 +128,7 @@ def main() -> None:
                         if shots >= MIN_LOO_FOR_SCALE:
                             rs = max(float(det.image_score(comb).std()), 1e-4)
                         thr = threshold_rule(det.total_score(det.fuse(ldec, comb, rs), ld).numpy().astype(np.float64))[0] \
-                            if shots >= MIN_LOO_FOR_SCALE else a.threshold_for(None)[0]
+                            if shots >= MIN_LOO_FOR_SCALE else few_thr
                         ii = torch.as_tensor(idx)
                         q = base[ii] if name == "off" else combine(base[ii], fine[ii], name, w)
                         d = dist[ii] if mem.dist_weight > 0 else None

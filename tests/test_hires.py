@@ -86,6 +86,16 @@ def test_config_refuses_bad_hires_values(override, key):
     assert from_dict({"memory": {"hires": "tiles", "hires_fusion": "max", "hires_weight": 1}}).memory.hires == "tiles"
 
 
+def test_bare_yaml_off_means_off():
+    """YAML reads `hires: off` (and the override memory.hires=off) as false; it means "off"."""
+    from anomalygpt.config import parse_override
+
+    key, value = parse_override("memory.hires=off")
+    assert value is False and from_dict({"memory": {"hires": value}}).memory.hires == "off"
+    with pytest.raises(ConfigError, match="memory.hires"):
+        from_dict({"memory": {"hires": True}})  # "on" is not a mode: say which
+
+
 @pytest.fixture(scope="module")
 def detector(tiny_config, one_thread):
     torch.manual_seed(0)
