@@ -97,8 +97,10 @@ class MemoryConfig:
     # image AUROC over all dev kinds, textures / mono / poly (mean): off 0.801/0.917/0.816
     # (0.845); 2x mean 0.5 0.808/0.932/0.846 (0.862), 0.75 0.820/0.940/0.865 (0.875), 1.0
     # 0.833/0.931/0.869 (0.878), max 0.801/0.921/0.817 (0.846); tiles mean 0.75 0.823/0.930/
-    # 0.871 (0.875), 1.0 0.823/0.921/0.878 (0.874). Taken: 2x, mean, 0.75 (within 0.003 of the
-    # best mean; weight 1 drops the 224 px map and loses 0.01-0.04 on the simulator's defects)
+    # 0.871 (0.875), 1.0 0.823/0.921/0.878 (0.874). Taken as the settings of the fine level:
+    # mean, 0.75 (within 0.003 of the best mean; weight 1 drops the 224 px map and loses
+    # 0.01-0.04 on the simulator's defects). "off" stays the default: the gain is on few-pixel
+    # defects only (ELPV's profile keeps it off, configs/embedded.yaml says why)
     hires: Literal["off", "2x", "tiles"] = "off"
     hires_fusion: Literal["mean", "max"] = "mean"
     hires_weight: float = 0.75
