@@ -87,6 +87,32 @@ class MemoryConfig:
     # accuracy 1-shot / 2-shot: textures 0.796 / 0.707 vs 0.817 / 0.781, ELPV poly 0.707 /
     # 0.765 vs 0.740 / 0.865 (its normal views are easier than new parts: too many false alarms)
     few_threshold: Literal["views", "checkpoint"] = "checkpoint"
+    # high-resolution fine level of the reference map (anomalygpt/models/hires.py), for defects
+    # a few pixels wide: "off"; "2x" = the image at twice encoder.image_size; "tiles" = the
+    # image at its own resolution (sides clamped to 1-2x image_size) in overlapping tiles.
+    # The fine map joins the 224 px reference map by hires_fusion: "mean" = (1 - hires_weight)
+    # x coarse + hires_weight x fine, "max" = the larger per pixel.
+    # Chosen on dev sets only (benchmarks/hires_dev.py, 4-shot, seeds 0-2; textures dev incl.
+    # a small-defect dev kind unlike the benchmark's, ELPV mono / poly dev from train normals),
+    # image AUROC over all dev kinds, textures / mono / poly (mean): off 0.801/0.917/0.816
+    # (0.845); 2x mean 0.5 0.808/0.932/0.846 (0.862), 0.75 0.820/0.940/0.865 (0.875), 1.0
+    # 0.833/0.931/0.869 (0.878), max 0.801/0.921/0.817 (0.846); tiles mean 0.75 0.823/0.930/
+    # 0.871 (0.875), 1.0 0.823/0.921/0.878 (0.874). Taken as the settings of the fine level:
+    # mean, 0.75 (within 0.003 of the best mean; weight 1 drops the 224 px map and loses
+    # 0.01-0.04 on the simulator's defects). "off" stays the default: the gain is on few-pixel
+    # defects only (ELPV's profile keeps it off, configs/embedded.yaml says why)
+    hires: Literal["off", "2x", "tiles"] = "off"
+    hires_fusion: Literal["mean", "max"] = "mean"
+    hires_weight: float = 0.75
+    # the fine map's patch features: "all" encoder levels (as the 224 px map) or the "finest"
+    # alone (stride 8: the coarse level's context no longer outweighs a few-pixel change), and
+    # their local pool (1 = no pooling: a small defect is not averaged with 8 neighbours).
+    # Textures dev, 4-shot seed 0, small-defect AUROC at hires_weight 1 (benchmarks/hires_dev.py;
+    # hires off 0.548): 2x all levels pool 3 0.563, 2x all pool 1 0.617, 2x finest pool 3 0.587,
+    # 2x finest pool 1 0.687, finest pool 1 at 1x (tiles of a 224 px image) 0.634. Finest is
+    # also ~4x cheaper to match (40 of 152 channels)
+    hires_levels: Literal["all", "finest"] = "finest"
+    hires_pool: int = 1
 
 
 @dataclass
@@ -273,6 +299,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "memory.chunk": (lambda v: v >= 1, "a positive integer"),
     "memory.weight": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
     "memory.max_patches": (lambda v: v >= 0, "an integer >= 0 (0 keeps every patch)"),
+    "memory.hires_weight": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1 (the fine map's share with hires_fusion mean)"),
+    "memory.hires_pool": (lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1"),
     "train.followup_prob": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
     "train.canonical_prob": (lambda v: 0.0 <= v <= 1.0, "a number in 0..1"),
     "train.intent_weights": (lambda v: all(isinstance(w, (int, float)) and w >= 0 for w in v.values())
@@ -325,6 +353,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        # YAML 1.1 reads a bare off / on (no / yes) as a boolean: `hires: off` means "off"
+        if isinstance(value, bool) and ("on" if value else "off") in typing.get_args(tp):
+            return "on" if value else "off"
         if value not in typing.get_args(tp):
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; use {_type_name(tp)}")
         return value

@@ -14,7 +14,10 @@ import torch
 
 from data_sim.imageio import ImageLike, load_image
 
-__all__ = ["load_image", "resize_square", "to_tensor", "batch_tensor", "overlay", "report_overlay", "ImageLike"]
+from .models.hires import fine_canvas
+
+__all__ = ["load_image", "resize_square", "to_tensor", "batch_tensor", "fine_tensor", "overlay", "report_overlay",
+           "ImageLike"]
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -32,6 +35,18 @@ def to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
 
 def batch_tensor(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     return torch.stack([to_tensor(im, size) for im in images])
+
+
+def fine_tensor(rgb: np.ndarray, mode: str, size: int) -> torch.Tensor:
+    """The fine level's input of an image (models/hires.py), made from its own pixels:
+    "2x" a square of 2 x size, "tiles" its own resolution with sides clamped to size..2*size.
+    Float 3 x H x W in 0..1."""
+    h, w = rgb.shape[:2]
+    fh, fw = fine_canvas(h, w, mode, size)
+    if (fh, fw) != (h, w):
+        interp = cv2.INTER_AREA if fh * fw < h * w else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (fw, fh), interpolation=interp)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
 
 
 Box = tuple[float, float, float, float]  # top, left, height, width as fractions of a square's side

@@ -18,7 +18,7 @@ import torch
 from . import checkpoint as model_io
 from .calibrate import reference_views, separating_threshold, threshold_rule
 from .models.detector import gaussian_blur
-from .images import ImageLike, batch_tensor, crop_to_content, letterbox, load_image, resize_map
+from .images import ImageLike, batch_tensor, crop_to_content, fine_tensor, letterbox, load_image, resize_map
 from .models.memory_bank import MemoryBank
 from .chat.answer import ChatAnswer, finish, plan, record
 from .chat.grounded import IGNORE_PREFIX, canonical_question, flip_opening, flips, prefix, trained_history
@@ -131,7 +131,8 @@ class AnomalyGPT:
         rgb = [load_image(r) for r in references]
         x = batch_tensor(rgb, self.detector.image_size)
         size = (x.shape[-2], x.shape[-1])
-        bank = self.detector.build_bank(x)
+        fine = self._fine_inputs(rgb)
+        bank = self.detector.build_bank(x, fine=fine)
         threshold, source = None, f"checkpoint calibration ({self.calibration.source})"
         ref_scale = None
         if len(x) < MIN_LOO_FOR_SCALE and self.cfg.memory.few_threshold == "views":
@@ -141,13 +142,15 @@ class AnomalyGPT:
             held = np.linspace(0, len(x) - 1, n_loo).round().astype(int)
             maps, _ = self.detector.encode(x[held])
             dec_map = self.detector.decoder(maps, size)[0]
+            feats = self.detector.encode_fine([fine[i] for i in held]) if fine is not None else None
             # each held-out reference against the bank of the others (one copy of that bank
             # at a time); fused only once the set's own ref_scale is known, so no fusion with
             # the checkpoint's scale is wasted
             ref_maps, dists = [], []
             for j, i in enumerate(held):
                 one, others = [m[j:j + 1] for m in maps], bank.without(int(i))
-                ref_maps.append(self.detector.reference_map(one, size=size, bank=others))
+                ref_maps.append(self.detector.reference_map(one, size=size, bank=others,
+                                                            fine=feats.subset(j) if feats is not None else None))
                 dists.append(self.detector.distribution(one, others))
             ref_map = torch.cat(ref_maps)
             ref_scores = self.detector.image_score(ref_map).numpy().astype(np.float64)
@@ -160,6 +163,11 @@ class AnomalyGPT:
             threshold = threshold_rule(s)[0]
             source = f"leave-one-out over {n_loo} of {len(x)} references"
         return ReferenceSet(bank, len(x), threshold, source, ref_scale)
+
+    def _fine_inputs(self, rgb: list[np.ndarray]) -> list[torch.Tensor] | None:
+        """The fine level's inputs from the images' own pixels (None when memory.hires is off)."""
+        mode = self.cfg.memory.hires
+        return None if mode == "off" else [fine_tensor(im, mode, self.detector.image_size) for im in rgb]
 
     def _views_threshold(self, rgb: list[np.ndarray], bank: MemoryBank) -> tuple[float, str]:
         """Threshold for 1-3 references from views of the references themselves
@@ -250,7 +258,9 @@ class AnomalyGPT:
                        object_name: str | None, question: str | None) -> list[InspectionReport]:
         size = self.detector.image_size
         x = batch_tensor([b[0] for b in batch], size)
-        det = self.detector(x, refs.bank if refs is not None else None, refs.ref_scale if refs is not None else None)
+        fine = self._fine_inputs([b[0] for b in batch]) if refs is not None and refs.bank.fine is not None else None
+        det = self.detector(x, refs.bank if refs is not None else None, refs.ref_scale if refs is not None else None,
+                            fine=fine)
         threshold, source = self.threshold_for(refs)
         smooth = gaussian_blur(det.anomaly_map, self.detector.smooth_sigma)
         reports = []

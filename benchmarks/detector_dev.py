@@ -37,9 +37,39 @@ from data_sim.datasets import elpv_split
 from data_sim.nsa import synthesize
 
 GLOBAL_DEV_KINDS = ("sharpen", "finer", "noise")
+N_SMALL_ELPV = 60     # ELPV dev queries given a small defect (with_small)
+N_SMALL_TEXTURE = 16  # per texture
 
 
-def elpv_dev(kind: str) -> tuple[list[np.ndarray], list[str], list[np.ndarray]]:
+def small_defect(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A dev-only small defect, unlike the textures benchmark's speck (a round disc at a fixed
+    grey level) and scratch (a thin curved arc): either an irregular blob (a random walk of
+    3-8 one-pixel steps, stamped with 0.5-1.5 px dots) or a short straight line (4-9 px, 1-2 px
+    wide), drawn in 224 px units and scaled to the image (2-5 px at the encoder's 224 px),
+    soft-edged, brighter or darker than the surface by a random 35-110 grey levels."""
+    h, w = img.shape[:2]
+    s = min(h, w) / 224.0
+    cx, cy = rng.uniform(14 * s, w - 14 * s), rng.uniform(14 * s, h - 14 * s)
+    sub = 8  # drawn at 8x for sub-pixel positions, then averaged down
+    canvas = np.zeros((h * sub, w * sub), np.float32)
+    if rng.random() < 0.5:
+        p = np.array([cx, cy])
+        for _ in range(int(rng.integers(3, 9))):
+            r = max(1, round(rng.uniform(0.5, 1.5) * s * sub))
+            cv2.circle(canvas, tuple(np.rint(p * sub).astype(int).tolist()), r, 1.0, -1)
+            p = p + rng.integers(-1, 2, 2) * s
+    else:
+        length, theta = rng.uniform(4, 9) * s, rng.uniform(0, np.pi)
+        d = np.array([np.cos(theta), np.sin(theta)]) * length / 2
+        a, b = np.rint((np.array([cx, cy]) - d) * sub).astype(int), np.rint((np.array([cx, cy]) + d) * sub).astype(int)
+        cv2.line(canvas, tuple(a.tolist()), tuple(b.tolist()), 1.0, max(1, round(rng.uniform(1, 2) * s * sub)))
+    m = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA)
+    m = np.clip(cv2.GaussianBlur(m, (0, 0), 0.5 * s), 0, 1)[..., None]
+    delta = rng.uniform(35, 110) * (1 if rng.random() < 0.5 else -1)
+    return np.clip(np.rint(img.astype(np.float32) + delta * m), 0, 255).astype(np.uint8)
+
+
+def elpv_dev(kind: str, with_small: bool = False) -> tuple[list[np.ndarray], list[str], list[np.ndarray]]:
     train = elpv_split(kind)["train"]
     order = np.random.default_rng(1).permutation(len(train))
     paths = [train[i].image_path for i in order]
@@ -54,6 +84,11 @@ def elpv_dev(kind: str) -> tuple[list[np.ndarray], list[str], list[np.ndarray]]:
         imgs.append(img)
         kinds.append("good" if k < 100 else "sim")
     pool = [load_image(p) for p in paths[250:]]
+    if with_small:  # small defects on the LAST train normals (outside the first draws of the pool)
+        for k, p in enumerate(paths[-N_SMALL_ELPV:]):
+            imgs.append(small_defect(load_image(p), np.random.default_rng([11, k])))
+            kinds.append("small")
+        pool = pool[:-N_SMALL_ELPV]
     return imgs, kinds, pool
 
 
@@ -74,13 +109,14 @@ def global_change(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.nd
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def textures_dev() -> tuple[list[np.ndarray], list[str], dict[str, list[np.ndarray]], list[str]]:
+def textures_dev(with_small: bool = False) -> tuple[list[np.ndarray], list[str], dict[str, list[np.ndarray]], list[str]]:
     from data_sim import textures_bench as tb
 
     imgs, kinds, pools, groups = [], [], {}, []
+    n_base = 8 + 16 + 16 + 8 * len(GLOBAL_DEV_KINDS)
     for ti, name in enumerate(tb.TEXTURES):
-        sets = tb.generate(name, seed=1000 + ti, n_train=8 + 16 + 16 + 8 * len(GLOBAL_DEV_KINDS), n_test_normal=0,
-                           n_per_kind=0, kinds=())
+        sets = tb.generate(name, seed=1000 + ti, n_train=n_base + (N_SMALL_TEXTURE if with_small else 0),
+                           n_test_normal=0, n_per_kind=0, kinds=())
         normals = [it.image for it in sets["train"]]
         pools[name] = normals[:8]
         rng = np.random.default_rng([2000, ti])
@@ -93,6 +129,9 @@ def textures_dev() -> tuple[list[np.ndarray], list[str], dict[str, list[np.ndarr
         for g, kind in enumerate(GLOBAL_DEV_KINDS):
             for img in normals[40 + 8 * g:48 + 8 * g]:
                 imgs.append(global_change(img, kind, rng)); kinds.append(kind); groups.append(name)
+        if with_small:  # extra normals drawn after the others: the sets above are unchanged
+            for j, img in enumerate(normals[n_base:]):
+                imgs.append(small_defect(img, np.random.default_rng([13, ti, j]))); kinds.append("small"); groups.append(name)
     return imgs, kinds, pools, groups
 
 

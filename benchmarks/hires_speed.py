@@ -1,54 +1,38 @@
-"""Detector images/s at batch 16 for the input sizes a high-resolution fine level would need
-(issue 19, item 4): 224 px (the default path), 448 px (a 2x input), and 2x2 overlapping
-224 px tiles of a 448 px image (5 tiles with a centre one: 5 x the 224 px work), each with a
-bank of 4 references built at the same size. Only a cost measurement: the 2x / tiled
-scoring paths are not in the detector.
+"""Detector images/s at batch 16 with 4 references, the 224 px path beside the fine reference
+level (memory.hires, anomalygpt/models/hires.py): "2x" (448 px) and "tiles" (a 300 px image,
+ELPV's size, in 4 overlapping 224 px tiles). The same measurement as `anomalygpt bench`'s
+rows detector_ips_batch16_refs4[_hires_2x|_hires_tiles] (evaluation/bench.py), alone.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/hires_speed.py [--repeats 3]
 
-Measured 2026-11-29, one thread, load ~2-5, embedded profile (rot90 bank + distribution
-score): 224 px 17.8 images/s, 448 px 1.7, 5 tiles of 224 px 2.8 (the 448 px cost is the
-nearest-neighbour search: 4x the query patches against a 4x bank).
+Before the fine level existed (2026-11-29, one thread, load ~2-5, rot90 bank + distribution
+score), the cost of a whole second pass at the larger size was measured with all levels:
+224 px 17.8 images/s, 448 px 1.7, 5 tiles of 224 px 2.8. The fine level matches only the
+finest level's 40 channels (memory.hires_levels "finest"), about 4x less matching work.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
 
 import torch
 
+from anomalygpt.evaluation.bench import measure_detector_throughput
 from anomalygpt.inspector import AnomalyGPT
-
-
-def rate(det, x: torch.Tensor, bank, repeats: int) -> float:
-    det(x, bank)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        det(x, bank)
-        times.append(time.perf_counter() - t0)
-    return len(x) / statistics.median(times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
-    det = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for size in (224, 448):
-            x = torch.rand(16, 3, size, size, generator=g)
-            bank = det.build_bank(torch.rand(4, 3, size, size, generator=g))
-            print(f"{size} px, batch 16, 4 references ({det.cfg.memory.orientations}): "
-                  f"{rate(det, x, bank, args.repeats):.1f} images/s", flush=True)
-            if size == 448:
-                tiles = torch.rand(16 * 5, 3, 224, 224, generator=g)
-                bank = det.build_bank(torch.rand(4, 3, 224, 224, generator=g))
-                r = rate(det, tiles, bank, args.repeats) / 5
-                print(f"448 px as 5 overlapping 224 px tiles, batch 16, 4 references: {r:.1f} images/s", flush=True)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a = AnomalyGPT.from_pretrained("embedded", with_llm=False)
+    m = a.cfg.memory
+    print(f"orientations {m.orientations}, dist_weight {m.dist_weight}, hires_levels {m.hires_levels}, "
+          f"hires_pool {m.hires_pool}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    for mode in ("off", "2x", "tiles"):
+        r = measure_detector_throughput(a, 16, args.repeats, 4, hires=mode)
+        print(f"hires {mode:5s}: {r['images_per_s']:.1f} images/s (batch 16, 4 references)", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def test_format_table_renders_results() -> None:
 def test_detector_throughput_and_answer_latency_on_tiny(tiny_assistant) -> None:
     d = bench.measure_detector_throughput(tiny_assistant, batch_size=2, repeats=1, references=2)
     assert d["images_per_s"] > 0 and d["image_size"] == 64 and d["batch_size"] == 2
+    for mode in ("2x", "tiles"):  # the fine reference level's rows; the config is left as it was
+        h = bench.measure_detector_throughput(tiny_assistant, batch_size=2, repeats=1, references=2, hires=mode,
+                                              source_size=100)
+        assert h["images_per_s"] > 0 and h["hires"] == mode and tiny_assistant.cfg.memory.hires == "off"
     a = bench.measure_inspect_answer(tiny_assistant, repeats=1)
     assert 0 < a["inspect_s_median"] <= a["first_token_s_median"] <= a["full_answer_s_median"]
     assert a["max_new_tokens"] == 8 and isinstance(a["answer"], str)

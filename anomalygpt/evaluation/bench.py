@@ -63,23 +63,40 @@ def sample_image() -> Path:
 
 @torch.no_grad()
 def measure_detector_throughput(assistant: Any, batch_size: int = 16, repeats: int = 5,
-                                references: int = 0) -> dict[str, Any]:
+                                references: int = 0, hires: str = "off", source_size: int = 300) -> dict[str, Any]:
     """Detector images/s on a fixed random batch at the checkpoint's image size (encoder,
     decoder, fusion with a bank of `references` images when > 0, image score); one warm-up
-    call first, because the first call allocates buffers. Content does not change the cost."""
-    size = assistant.detector.image_size
+    call first, because the first call allocates buffers. Content does not change the cost.
+
+    `hires` "2x" / "tiles": with the fine level of the reference map (models/hires.py), its
+    inputs made from `source_size` px images (tiles: 300 px = ELPV's cells, 4 tiles of 224 px)."""
+    from ..models.hires import fine_canvas
+
+    det = assistant.detector
+    size = det.image_size
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, 3, size, size, generator=gen)
-    bank = assistant.detector.build_bank(torch.rand(references, 3, size, size, generator=gen)) if references else None
-    assistant.detector(x, bank)
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        assistant.detector(x, bank)
-        times.append(time.perf_counter() - t0)
+    before = det.cfg.memory.hires
+    det.cfg.memory.hires = hires
+    try:
+        fine = rfine = None
+        if hires != "off":
+            fh, fw = fine_canvas(source_size, source_size, hires, size)
+            fine = list(torch.rand(batch_size, 3, fh, fw, generator=gen))
+            rfine = list(torch.rand(references, 3, fh, fw, generator=gen))
+        bank = det.build_bank(torch.rand(references, 3, size, size, generator=gen), fine=rfine) if references else None
+        det(x, bank, fine=fine)
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            det(x, bank, fine=fine)
+            times.append(time.perf_counter() - t0)
+    finally:
+        det.cfg.memory.hires = before
     med = statistics.median(times)
     return {"images_per_s": batch_size / med, "batch_s_median": med, "batch_s_min": min(times),
-            "batch_size": batch_size, "image_size": size, "references": references, "repeats": len(times)}
+            "batch_size": batch_size, "image_size": size, "references": references, "hires": hires,
+            "repeats": len(times)}
 
 
 @torch.no_grad()
@@ -509,6 +526,9 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
     m["detector_batch16"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4)))
     m["encoder_runtimes"] = _guard(lambda: measure_encoder_runtimes(assistant, 16, max(3, reps // 4)))
     m["detector_batch16_refs4"] = _guard(lambda: measure_detector_throughput(assistant, 16, max(3, reps // 4), 4))
+    for mode in ("2x", "tiles"):  # the fine level of the reference map (memory.hires), beside the 224 px path
+        m[f"detector_batch16_refs4_hires_{mode}"] = _guard(
+            lambda mode=mode: measure_detector_throughput(assistant, 16, max(1, reps // 10), 4, hires=mode))
     m["inspect_answer"] = _guard(lambda: measure_inspect_answer(assistant, repeats=reps))
     n_max = assistant.cfg.llm.max_new_tokens
     m["server"] = _guard(lambda: measure_server_answer(assistant, repeats=max(2, reps // 4)))
@@ -544,6 +564,11 @@ def run_bench(checkpoint: str = "embedded", repeats: int = 20, quick: bool = Fal
                f"torch; features within {m['encoder_runtimes'].get('max_abs_feature_diff', 0):.0e}"),
         _entry("detector_ips_batch16_refs4", val("detector_batch16_refs4", "images_per_s"), "img/s",
                why("detector_batch16_refs4") or "fused with a 4-image memory bank"),
+        _entry("detector_ips_batch16_refs4_hires_2x", val("detector_batch16_refs4_hires_2x", "images_per_s"), "img/s",
+               why("detector_batch16_refs4_hires_2x") or "+ fine reference level at 448 px (memory.hires=2x)"),
+        _entry("detector_ips_batch16_refs4_hires_tiles", val("detector_batch16_refs4_hires_tiles", "images_per_s"),
+               "img/s", why("detector_batch16_refs4_hires_tiles")
+               or "+ fine reference level, 300 px images in 4 overlapping 224 px tiles (memory.hires=tiles)"),
         _entry("inspect_s", val("inspect_answer", "inspect_s_median"), "s", why("inspect_answer")),
         _entry("inspect_first_token_s", val("inspect_answer", "first_token_s_median"), "s", why("inspect_answer")),
         _entry("inspect_answer_full_s", val("inspect_answer", "full_answer_s_median"), "s",

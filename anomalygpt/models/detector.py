@@ -15,6 +15,7 @@ from torch import nn
 from ..config import ModelConfig
 from .decoder import PatchDecoder
 from .encoders import ImageEncoder
+from .hires import combine, fine_canvas, paste_tiles, split_fine, tile_boxes
 from .memory_bank import MemoryBank
 from .orientations import orientation_copies
 
@@ -28,6 +29,26 @@ class Detection:
     global_emb: torch.Tensor           # B x D
     scores: torch.Tensor               # B, image-level anomaly score
     dist_scores: torch.Tensor | None = None  # B, distribution score against the references (None without)
+
+
+@dataclass
+class FineFeatures:
+    """Encoder maps of the fine level's inputs (models/hires.py) for a batch of images:
+    `maps` per level holds every tile of every image, image i owning rows spans[i]."""
+    maps: list[torch.Tensor]
+    spans: list[tuple[int, int]]
+    boxes: list[list[tuple[int, int]]]
+    tiles: list[int]
+    canvases: list[tuple[int, int]]
+
+    def image(self, i: int) -> list[torch.Tensor]:
+        a, b = self.spans[i]
+        return [m[a:b] for m in self.maps]
+
+    def subset(self, i: int) -> "FineFeatures":
+        """The features of image i alone (leave-one-out scores one reference at a time)."""
+        n = self.spans[i][1] - self.spans[i][0]
+        return FineFeatures(self.image(i), [(0, n)], [self.boxes[i]], [self.tiles[i]], [self.canvases[i]])
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -72,10 +93,84 @@ class Detector(nn.Module):
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self.encoder(images)
 
-    def build_bank(self, references: torch.Tensor, batch_size: int = 16) -> MemoryBank:
+    @property
+    def hires(self) -> str:
+        return self.cfg.memory.hires
+
+    def fine_fallback(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Fine-level inputs made from encoder-size images, for callers without the original
+        pixels (bench, calibration): resized to the fine canvas. Callers that have the
+        original image pass anomalygpt.images.fine_tensor instead (real pixels for "tiles")."""
+        h, w = fine_canvas(images.shape[-2], images.shape[-1], self.hires, self.image_size)
+        if (h, w) == tuple(images.shape[-2:]):
+            return list(images)
+        return list(F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False))
+
+    def encode_fine(self, fine: list[torch.Tensor], batch_size: int = 16) -> FineFeatures:
+        """Encode the fine level's inputs (one C x H x W tensor per image): the whole 2x image,
+        or its overlapping tiles, in batches of `batch_size` encoder inputs."""
+        inputs, spans, boxes, tiles, canvases, n = [], [], [], [], [], 0
+        for img in fine:
+            x, bx, t = split_fine(img, self.hires, self.image_size)
+            inputs.append(x); boxes.append(bx); tiles.append(t); canvases.append((img.shape[-2], img.shape[-1]))
+            spans.append((n, n + len(x))); n += len(x)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):  # inputs of one shape are encoded together
+            groups.setdefault(tuple(x.shape[1:]), []).append(i)
+        per_image: list[list[torch.Tensor] | None] = [None] * len(inputs)
+        for idx in groups.values():
+            x = torch.cat([inputs[i] for i in idx])
+            outs = [self.encode(x[j:j + batch_size])[0] for j in range(0, len(x), batch_size)]
+            maps = [torch.cat([o[level] for o in outs]) for level in range(len(outs[0]))]
+            k = 0
+            for i in idx:
+                c = len(inputs[i])
+                per_image[i] = [m[k:k + c] for m in maps]
+                k += c
+        maps = [torch.cat([p[level] for p in per_image]) for level in range(len(per_image[0]))]
+        if self.cfg.memory.hires_levels == "finest":
+            maps = [max(maps, key=lambda m: m.shape[-2] * m.shape[-1])]
+        return FineFeatures(maps, spans, boxes, tiles, canvases)
+
+    def fine_map(self, feats: FineFeatures, bank: MemoryBank, size: tuple[int, int]) -> torch.Tensor:
+        """B x 1 x size fine reference map: each tile scored against the fine bank, pasted on
+        its image's canvas (overlaps averaged) and resized to the output grid."""
+        out = []
+        for i in range(len(feats.spans)):
+            tile_maps = bank.score(feats.image(i))
+            canvas = paste_tiles(tile_maps, feats.boxes[i], feats.tiles[i], feats.canvases[i])
+            out.append(F.interpolate(canvas, size=size, mode="bilinear", align_corners=False))
+        return torch.cat(out)
+
+    def _add_fine(self, bank: MemoryBank, fine: list[torch.Tensor], turns, keep_cap: int) -> None:
+        """The fine bank: every reference's fine inputs in each orientation, under the cap."""
+        m = self.cfg.memory
+        stride, size = min(self.encoder.strides), self.image_size
+        per_image = []
+        for img in fine:
+            h, w = img.shape[-2:]
+            n_tiles, side = (1, max(h, w)) if self.hires == "2x" else (len(tile_boxes(h, w, size)), size)
+            per_image.append(n_tiles * (-(-side // stride)) ** 2)
+        total = sum(per_image) * len(turns)
+        keep = 1.0 if keep_cap <= 0 or total <= 2 * keep_cap else 2 * keep_cap / total
+        fb = MemoryBank(m.hires_pool, m.chunk, m.max_patches, m.stat_grid)
+        step = 0
+        for i, img in enumerate(fine):
+            for turn in turns:
+                feats = self.encode_fine([turn(img)])
+                n = feats.spans[0][1] - feats.spans[0][0]
+                fb.add(feats.maps, torch.full((n,), i), keep=keep, seed=10_000 + step)
+                step += 1
+        fb.subsample()
+        bank.fine = fb
+
+    def build_bank(self, references: torch.Tensor, batch_size: int = 16,
+                   fine: list[torch.Tensor] | None = None) -> MemoryBank:
         """Memory bank from normal reference images (N x 3 x H x W) and their orientation
         copies (memory.orientations), subsampled to the cap. When the copies would hold
-        more than twice the cap, each batch keeps only its share on the way in."""
+        more than twice the cap, each batch keeps only its share on the way in. With
+        memory.hires on, also the fine bank, from `fine` (one fine-level input per
+        reference, anomalygpt.images.fine_tensor) or else from `fine_fallback`."""
         m = self.cfg.memory
         bank = MemoryBank(m.pool, m.chunk, m.max_patches, m.stat_grid)
         turns = orientation_copies(m.orientations)
@@ -91,11 +186,20 @@ class Detector(nn.Module):
                 bank.add(maps, owners, keep=keep, seed=step)
                 step += 1
         bank.subsample()
+        if self.hires != "off":
+            self._add_fine(bank, fine if fine is not None else self.fine_fallback(references), turns, m.max_patches)
         return bank
 
-    def reference_map(self, maps: list[torch.Tensor], bank: MemoryBank, size: tuple[int, int]) -> torch.Tensor:
-        """Raw few-shot map: 1 - max cosine of each patch's multi-level feature to the references."""
-        return F.interpolate(bank.score(maps), size=size, mode="bilinear", align_corners=False)
+    def reference_map(self, maps: list[torch.Tensor], bank: MemoryBank, size: tuple[int, int],
+                      fine: FineFeatures | None = None) -> torch.Tensor:
+        """Raw few-shot map: 1 - max cosine of each patch's multi-level feature to the
+        references; with the fine level's features and a fine bank, combined with the fine
+        map (memory.hires_fusion, models/hires.py)."""
+        ref = F.interpolate(bank.score(maps), size=size, mode="bilinear", align_corners=False)
+        if fine is None or bank.fine is None or self.hires == "off":
+            return ref
+        m = self.cfg.memory
+        return combine(ref, self.fine_map(fine, bank.fine, size), m.hires_fusion, m.hires_weight)
 
     def fuse(self, dec_map: torch.Tensor, ref_map: torch.Tensor, ref_scale: float | None = None) -> torch.Tensor:
         """Weighted sum of the two maps, each divided by its normal spread (see dec_scale).
@@ -130,18 +234,25 @@ class Detector(nn.Module):
         scores = self.image_score(fused)
         return scores if dist is None else scores + self.dist_term(dist)
 
-    def forward(self, images: torch.Tensor, bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
+    def forward(self, images: torch.Tensor, bank: MemoryBank | None = None, ref_scale: float | None = None,
+                fine: list[torch.Tensor] | None = None) -> Detection:
+        """`fine`: the fine-level inputs of the images (anomalygpt.images.fine_tensor), used
+        when memory.hires is on and the bank has a fine level (else `fine_fallback`)."""
         maps, glob = self.encode(images)
-        return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank, ref_scale)
+        feats = None
+        if bank is not None and bank.fine is not None and self.hires != "off":
+            feats = self.encode_fine(fine if fine is not None else self.fine_fallback(images))
+        return self.detect_features(maps, glob, (images.shape[-2], images.shape[-1]), bank, ref_scale, feats)
 
     def detect_features(self, maps: list[torch.Tensor], glob: torch.Tensor, size: tuple[int, int],
-                        bank: MemoryBank | None = None, ref_scale: float | None = None) -> Detection:
+                        bank: MemoryBank | None = None, ref_scale: float | None = None,
+                        fine: FineFeatures | None = None) -> Detection:
         """Decoder map, fused with the reference map when a bank is given, from encoder outputs."""
         dec_map, logits = self.decoder(maps, size)
         ref, dist = None, None
         fused = dec_map
         if bank is not None and len(bank):
-            ref = self.reference_map(maps, bank, size)
+            ref = self.reference_map(maps, bank, size, fine)
             fused = self.fuse(dec_map, ref, ref_scale)
             dist = self.distribution(maps, bank)
         return Detection(fused, dec_map, ref, logits, glob, self.total_score(fused, dist), dist)

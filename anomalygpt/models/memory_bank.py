@@ -48,7 +48,9 @@ class MemoryBank:
     `owners` records which reference image each row came from, so a leave-one-out bank is a
     mask, not a rebuild. Turned / mirrored copies of a reference (models/orientations.py)
     share its owner. `stats` holds the references' window statistics for the distribution
-    score (models/distribution.py), with `stat_owners` alike.
+    score (models/distribution.py), with `stat_owners` alike. `fine` is the bank of the
+    references' high-resolution fine level (models/hires.py; None when memory.hires is off),
+    with the same owners, so leave-one-out drops a reference from both.
     """
 
     def __init__(self, pool: int = 3, chunk: int = 2048, max_patches: int = 0, stat_grid: int = 2) -> None:
@@ -61,6 +63,7 @@ class MemoryBank:
         self.n_images = 0
         self.stats = torch.zeros(0, 0)
         self.stat_owners = torch.zeros(0, dtype=torch.long)
+        self.fine: MemoryBank | None = None
 
     def __len__(self) -> int:
         return 0 if self.bank is None else self.bank.shape[0]
@@ -107,6 +110,7 @@ class MemoryBank:
         keep = self.stat_owners != image_index
         out.stats, out.stat_owners = self.stats[keep], self.stat_owners[keep]
         out.n_images = self.n_images - 1
+        out.fine = None if self.fine is None else self.fine.without(image_index)
         return out
 
     def distribution_score(self, maps: list[torch.Tensor], shrink: float = 0.1) -> torch.Tensor:
