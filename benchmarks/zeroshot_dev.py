@@ -45,6 +45,32 @@ def dev_set(kind: str, n_max: int) -> tuple[list[np.ndarray], np.ndarray]:
     return images, np.array(labels)
 
 
+def load_dev(name: str, n_max: int = 500) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(images, kinds, groups) of one zero-shot dev set: "mono" / "poly" = `dev_set` (kinds
+    "good" / "sim", one group), "textures" = benchmarks/detector_dev.textures_dev (one group,
+    i.e. one batch, per texture). The other zero-shot dev scripts all start here."""
+    if name == "textures":
+        from benchmarks.detector_dev import textures_dev
+
+        imgs, kinds, _, groups = textures_dev()
+        return imgs, np.array(kinds), np.array(groups)
+    imgs, labels = dev_set(name, n_max)
+    return imgs, np.array(["sim" if v else "good" for v in labels]), np.array([name] * len(imgs))
+
+
+def add_aurocs(rows: dict[str, dict[str, list[float]]], name: str, scores: np.ndarray, kinds: np.ndarray) -> None:
+    """Append the AUROC of each anomaly kind (its images vs the good ones) and of all kinds
+    to rows[name][kind]; averaged over groups when printed."""
+    for kind in sorted(set(kinds) - {"good"}) + ["all"]:
+        use = (kinds == "good") | (kinds == kind) if kind != "all" else np.ones(len(kinds), bool)
+        rows.setdefault(name, {}).setdefault(kind, []).append(roc_auc_score(kinds[use] != "good", scores[use]))
+
+
+def print_aurocs(rows: dict[str, dict[str, list[float]]]) -> None:
+    for name, per_kind in rows.items():
+        print(f"{name:18s} " + " ".join(f"{kind} {np.mean(v):.3f}" for kind, v in per_kind.items()), flush=True)
+
+
 def image_scores(amap: torch.Tensor) -> np.ndarray:
     return gaussian_blur(amap, 4.0).flatten(1).amax(1).numpy()
 

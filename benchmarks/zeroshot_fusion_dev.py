@@ -21,7 +21,6 @@ import time
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from sklearn.metrics import roc_auc_score
 
 from anomalygpt.images import batch_tensor
 from anomalygpt.inspector import AnomalyGPT
@@ -29,6 +28,7 @@ from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, oriented_patch_sets
 from anomalygpt.zeroshot.modes import image_scores
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores
+from benchmarks.zeroshot_dev import add_aurocs, load_dev, print_aurocs
 
 
 def maps_for(enc, x: torch.Tensor, twins: str, window: int, fractions: list[float]) -> dict[str, torch.Tensor]:
@@ -61,19 +61,10 @@ def main() -> None:
     torch.set_num_threads(1)
     fractions = [float(v) for v in args.fractions.split(",")]
     enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    if args.set == "textures":
-        from benchmarks.detector_dev import textures_dev
-
-        imgs, kinds, _, groups = textures_dev()
-    else:
-        from benchmarks.zeroshot_dev import dev_set
-
-        imgs, lab = dev_set(args.set, args.max)
-        kinds, groups = ["sim" if v else "good" for v in lab], [args.set] * len(imgs)
-    kinds, groups = np.array(kinds), np.array(groups)
+    imgs, kinds, groups = load_dev(args.set, args.max)
     x = batch_tensor(imgs, 224)
     t0 = time.perf_counter()
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, list[float]]] = {}
     for grp in sorted(set(groups)):
         sel = np.flatnonzero(groups == grp)
         m = maps_for(enc, x[torch.from_numpy(sel)], args.twins, args.window, fractions)
@@ -81,16 +72,10 @@ def main() -> None:
             m[f"self+batch{frac}"] = fused(m["self"], m[f"batch{frac}"])
             m[f"max(self,batch{frac})"] = fused(m["self"], m[f"batch{frac}"], "max")
         for name, amap in m.items():
-            s = image_scores(amap, 4.0).numpy()
-            k = kinds[sel]
-            for kind in sorted(set(k) - {"good"}) + ["all"]:
-                use = (k == "good") | (k == kind) if kind != "all" else np.ones(len(k), bool)
-                rows.setdefault(name, {}).setdefault(kind, []).append(roc_auc_score(k[use] != "good", s[use]))
+            add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), kinds[sel])
         rho = spearmanr(image_scores(m["self"], 4.0).numpy(), image_scores(m[f"batch{fractions[0]}"], 4.0).numpy())[0]
         print(f"{grp} done ({time.perf_counter() - t0:.0f}s); Spearman(self, batch) over the set {rho:.3f}", flush=True)
-    for name, per_kind in rows.items():
-        print(f"{name:16s} " + " ".join(f"{kind} {np.mean(v):.3f}" for kind, v in per_kind.items()), flush=True)
-
+    print_aurocs(rows)
 
 if __name__ == "__main__":
     main()

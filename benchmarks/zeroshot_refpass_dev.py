@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from anomalygpt.images import batch_tensor
 from anomalygpt.inspector import AnomalyGPT
@@ -30,6 +29,7 @@ from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.modes import image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import most_normal
+from benchmarks.zeroshot_dev import add_aurocs, load_dev, print_aurocs
 
 
 def ref_fraction_scores(feats: torch.Tensor, refs: np.ndarray, fraction: float) -> torch.Tensor:
@@ -54,16 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    if args.set == "textures":
-        from benchmarks.detector_dev import textures_dev
-
-        imgs, kinds, _, groups = textures_dev()
-    else:
-        from benchmarks.zeroshot_dev import dev_set
-
-        imgs, lab = dev_set(args.set, args.max)
-        kinds, groups = ["sim" if v else "good" for v in lab], [args.set] * len(imgs)
-    kinds, groups = np.array(kinds), np.array(groups)
+    imgs, kinds, groups = load_dev(args.set, args.max)
     x = batch_tensor(imgs, 224)
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {}
@@ -79,15 +70,10 @@ def main() -> None:
             maps[f"second, frac={f}"] = average_maps([ref_fraction_scores(feats, refs, f).view(-1, 1, h, w)], (224, 224))
         k = kinds[sel]
         for name, amap in maps.items():
-            s = image_scores(amap, 4.0).numpy()
-            for kind in sorted(set(k) - {"good"}) + ["all"]:
-                use = (k == "good") | (k == kind) if kind != "all" else np.ones(len(k), bool)
-                rows.setdefault(name, {}).setdefault(kind, []).append(roc_auc_score(k[use] != "good", s[use]))
+            add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), k)
         print(f"{grp}: {len(refs)} references, {int((k[refs] != 'good').sum())} of them anomalous "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
-    for name, per_kind in rows.items():
-        print(f"{name:18s} " + " ".join(f"{kind} {np.mean(v):.3f}" for kind, v in per_kind.items()), flush=True)
-
+    print_aurocs(rows)
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,7 @@ from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.modes import batch_threshold, image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import carry_share, most_normal
+from benchmarks.zeroshot_dev import load_dev
 
 SHARES = (0.0, 0.3, 0.5, 0.7)
 
@@ -58,17 +59,8 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = ZeroShotConfig()
     enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    if args.set == "textures":
-        from benchmarks.detector_dev import textures_dev
-
-        imgs, kinds, _, groups = textures_dev()
-        labels = np.array([k != "good" for k in kinds])
-    else:
-        from benchmarks.zeroshot_dev import dev_set
-
-        imgs, lab = dev_set(args.set, args.max)
-        labels, groups = lab.astype(bool), [args.set] * len(imgs)
-    groups = np.array(groups)
+    imgs, kinds, groups = load_dev(args.set, args.max)
+    labels = kinds != "good"
     x = batch_tensor(imgs, 224)
     t0 = time.perf_counter()
     acc: dict[str, dict[float, list[float]]] = {}

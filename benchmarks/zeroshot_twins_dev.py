@@ -29,6 +29,8 @@ from anomalygpt.inspector import AnomalyGPT
 from anomalygpt.zeroshot.features import average_maps, oriented_patch_sets
 from anomalygpt.zeroshot.modes import image_scores
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores
+from benchmarks.detector_dev import auroc_by_kind
+from benchmarks.zeroshot_dev import load_dev
 
 SETTINGS = ("none", "rot180", "rot90", "dihedral")
 
@@ -43,20 +45,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    if args.set == "textures":
-        from benchmarks.detector_dev import auroc_by_kind, textures_dev
-
-        imgs, kinds, _, groups = textures_dev()
-        labels = np.array([k != "good" for k in kinds])
-    else:
-        from benchmarks.zeroshot_dev import dev_set
-
-        imgs, labels = dev_set(args.set, args.max)
-        kinds, groups = ["good" if not v else "sim" for v in labels], [args.set] * len(imgs)
-        auroc_by_kind = None
+    imgs, kinds, groups = load_dev(args.set, args.max)
+    labels = kinds != "good"
     x = batch_tensor(imgs, 224)
     print(f"dev {args.set}: {len(imgs)} images, {int(labels.sum())} anomalous", flush=True)
-    saved = {"labels": labels, "kinds": np.array(kinds), "groups": np.array(groups)}
+    saved = {"labels": labels, "kinds": kinds, "groups": groups}
     for setting in args.settings.split(","):
         t0 = time.perf_counter()
         maps = []
@@ -67,8 +60,8 @@ def main() -> None:
         s = image_scores(amap, 4.0).numpy()
         saved[setting] = s
         line = f"{setting:9s} AUROC {roc_auc_score(labels, s):.3f}"
-        if auroc_by_kind is not None:
-            line += "  " + " ".join(f"{k} {v:.3f}" for k, v in auroc_by_kind(kinds, s, groups).items())
+        if args.set == "textures":
+            line += "  " + " ".join(f"{k} {v:.3f}" for k, v in auroc_by_kind(list(kinds), s, list(groups)).items())
         print(line + f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     if args.out:
         np.savez(args.out, **saved)
