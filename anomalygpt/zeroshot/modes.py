@@ -201,7 +201,7 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
     if cfg.rescore_k > 0:  # image level: blended with the k nearest images' scores (RsCIN)
         before = scores.numpy()
         scores = torch.from_numpy(knn_rescore(before, glob, cfg.rescore_k)).to(scores.dtype)
-        thr = carry_share(before, thr, scores.numpy())
+        thr = carry_share(before, thr, scores.numpy())  # re-scoring reorders; the count stays
         info |= {"rescore_k": cfg.rescore_k}
     return ZeroShotResult(amap, scores, np.full(n, thr), source, glob, info)
 
