@@ -51,6 +51,13 @@ class FineFeatures:
         return FineFeatures(self.image(i), [(0, n)], [self.boxes[i]], [self.tiles[i]], [self.canvases[i]])
 
 
+def keep_share(total: int, cap: int) -> float:
+    """Share of patches a bank keeps on the way in: all of them while `total` is within twice
+    the cap (0 = no cap), else twice the cap's share, so the final subsample to the cap still
+    has rows from every batch to choose from."""
+    return 1.0 if cap <= 0 or total <= 2 * cap else 2 * cap / total
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of B x 1 x H x W maps: a defect is a region, not one pixel."""
     if sigma <= 0:
@@ -152,7 +159,7 @@ class Detector(nn.Module):
             n_tiles, side = (1, max(h, w)) if self.hires == "2x" else (len(tile_boxes(h, w, size)), size)
             per_image.append(n_tiles * (-(-side // stride)) ** 2)
         total = sum(per_image) * len(turns)
-        keep = 1.0 if keep_cap <= 0 or total <= 2 * keep_cap else 2 * keep_cap / total
+        keep = keep_share(total, keep_cap)
         fb = MemoryBank(m.hires_pool, m.chunk, m.max_patches, m.stat_grid)
         step = 0
         for i, img in enumerate(fine):
@@ -176,7 +183,7 @@ class Detector(nn.Module):
         turns = orientation_copies(m.orientations)
         side = -(-self.image_size // min(self.encoder.strides))  # finest grid of the encoder
         total = len(references) * len(turns) * side * side
-        keep = 1.0 if m.max_patches <= 0 or total <= 2 * m.max_patches else 2 * m.max_patches / total
+        keep = keep_share(total, m.max_patches)
         step = 0
         for i in range(0, len(references), batch_size):
             batch = references[i:i + batch_size]
