@@ -58,6 +58,22 @@ def load_dev(name: str, n_max: int = 500) -> tuple[list[np.ndarray], np.ndarray,
     return imgs, np.array(["sim" if v else "good" for v in labels]), np.array([name] * len(imgs))
 
 
+def dev_encoder():
+    """The shipped checkpoint's frozen encoder, on one thread (dev runs share the machine)."""
+    torch.set_num_threads(1)
+    return AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
+
+
+def dev_batches(name: str, n_max: int = 500):
+    """Each batch of a zero-shot dev set, one per group (a texture, or the whole ELPV set):
+    yields (group, its kinds, its images as a 224 px tensor)."""
+    imgs, kinds, groups = load_dev(name, n_max)
+    x = batch_tensor(imgs, 224)
+    for grp in sorted(set(groups)):
+        sel = np.flatnonzero(groups == grp)
+        yield grp, kinds[sel], x[torch.from_numpy(sel)]
+
+
 def add_aurocs(rows: dict[str, dict[str, list[float]]], name: str, scores: np.ndarray, kinds: np.ndarray) -> None:
     """Append the AUROC of each anomaly kind (its images vs the good ones) and of all kinds
     to rows[name][kind]; averaged over groups when printed."""

@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from anomalygpt.images import batch_tensor
-from anomalygpt.inspector import AnomalyGPT
 from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, oriented_patch_sets
 from anomalygpt.zeroshot.modes import image_scores
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores
-from benchmarks.zeroshot_dev import add_aurocs, load_dev, print_aurocs
+from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
 
 
 def maps_for(enc, x: torch.Tensor, twins: str, window: int, fractions: list[float]) -> dict[str, torch.Tensor]:
@@ -58,21 +55,17 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=6)
     ap.add_argument("--fractions", default="0.3")
     args = ap.parse_args()
-    torch.set_num_threads(1)
     fractions = [float(v) for v in args.fractions.split(",")]
-    enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    imgs, kinds, groups = load_dev(args.set, args.max)
-    x = batch_tensor(imgs, 224)
+    enc = dev_encoder()
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {}
-    for grp in sorted(set(groups)):
-        sel = np.flatnonzero(groups == grp)
-        m = maps_for(enc, x[torch.from_numpy(sel)], args.twins, args.window, fractions)
+    for grp, kinds, x in dev_batches(args.set, args.max):
+        m = maps_for(enc, x, args.twins, args.window, fractions)
         for frac in fractions:
             m[f"self+batch{frac}"] = fused(m["self"], m[f"batch{frac}"])
             m[f"max(self,batch{frac})"] = fused(m["self"], m[f"batch{frac}"], "max")
         for name, amap in m.items():
-            add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), kinds[sel])
+            add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), kinds)
         rho = spearmanr(image_scores(m["self"], 4.0).numpy(), image_scores(m[f"batch{fractions[0]}"], 4.0).numpy())[0]
         print(f"{grp} done ({time.perf_counter() - t0:.0f}s); Spearman(self, batch) over the set {rho:.3f}", flush=True)
     print_aurocs(rows)

@@ -23,13 +23,11 @@ import time
 import numpy as np
 import torch
 
-from anomalygpt.images import batch_tensor
-from anomalygpt.inspector import AnomalyGPT
 from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.modes import image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import most_normal
-from benchmarks.zeroshot_dev import add_aurocs, load_dev, print_aurocs
+from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
 
 
 def ref_fraction_scores(feats: torch.Tensor, refs: np.ndarray, fraction: float) -> torch.Tensor:
@@ -52,15 +50,11 @@ def main() -> None:
     ap.add_argument("--max-refs", type=int, default=64)
     ap.add_argument("--fractions", default="0.1,0.3,0.5")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    imgs, kinds, groups = load_dev(args.set, args.max)
-    x = batch_tensor(imgs, 224)
+    enc = dev_encoder()
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {}
-    for grp in sorted(set(groups)):
-        sel = np.flatnonzero(groups == grp)
-        feats, (h, w), _ = encoder_patches(enc, x[torch.from_numpy(sel)], 224)
+    for grp, k, x in dev_batches(args.set, args.max):
+        feats, (h, w), _ = encoder_patches(enc, x, 224)
         first = average_maps([mutual_scores(feats, 100, 0.3).view(-1, 1, h, w)], (224, 224))
         s1 = image_scores(first, 4.0).numpy()
         refs = most_normal(s1, args.ref_fraction, maximum=args.max_refs)
@@ -68,7 +62,6 @@ def main() -> None:
                 "second, nn": average_maps([reference_scores(feats, refs).view(-1, 1, h, w)], (224, 224))}
         for f in [float(v) for v in args.fractions.split(",")]:
             maps[f"second, frac={f}"] = average_maps([ref_fraction_scores(feats, refs, f).view(-1, 1, h, w)], (224, 224))
-        k = kinds[sel]
         for name, amap in maps.items():
             add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), k)
         print(f"{grp}: {len(refs)} references, {int((k[refs] != 'good').sum())} of them anomalous "

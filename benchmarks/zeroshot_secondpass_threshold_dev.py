@@ -25,13 +25,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomalygpt.config import ZeroShotConfig
-from anomalygpt.images import batch_tensor
-from anomalygpt.inspector import AnomalyGPT
 from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.modes import batch_threshold, image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import carry_share, most_normal
-from benchmarks.zeroshot_dev import load_dev
+from benchmarks.zeroshot_dev import dev_batches, dev_encoder
 
 SHARES = (0.0, 0.3, 0.5, 0.7)
 
@@ -56,20 +54,16 @@ def main() -> None:
     ap.add_argument("set", choices=["mono", "poly", "textures"])
     ap.add_argument("--max", type=int, default=500)
     args = ap.parse_args()
-    torch.set_num_threads(1)
     cfg = ZeroShotConfig()
-    enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
-    imgs, kinds, groups = load_dev(args.set, args.max)
-    labels = kinds != "good"
-    x = batch_tensor(imgs, 224)
+    enc = dev_encoder()
     t0 = time.perf_counter()
     acc: dict[str, dict[float, list[float]]] = {}
-    for grp in sorted(set(groups)):
-        sel = np.flatnonzero(groups == grp)
-        feats, (h, w), _ = encoder_patches(enc, x[torch.from_numpy(sel)], 224)
+    for grp, kinds, x in dev_batches(args.set, args.max):
+        labels = kinds != "good"
+        feats, (h, w), _ = encoder_patches(enc, x, 224)
         for share in SHARES:
-            idx = subset(labels[sel], share, np.random.default_rng(0))
-            y = labels[sel][idx]
+            idx = subset(labels, share, np.random.default_rng(0))
+            y = labels[idx]
             first, second = passes(feats[torch.from_numpy(idx)], h, w, cfg)
             t1 = batch_threshold(first, cfg)[0]
             verdicts = {"first pass only": first >= t1,

@@ -25,12 +25,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomalygpt.images import batch_tensor
-from anomalygpt.inspector import AnomalyGPT
 from anomalygpt.zeroshot.features import average_maps, oriented_patch_sets
 from anomalygpt.zeroshot.modes import image_scores
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores
 from benchmarks.detector_dev import auroc_by_kind
-from benchmarks.zeroshot_dev import load_dev
+from benchmarks.zeroshot_dev import dev_encoder, load_dev
 
 SETTINGS = ("none", "rot180", "rot90", "dihedral")
 
@@ -43,8 +42,7 @@ def main() -> None:
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    enc = AnomalyGPT.from_pretrained("embedded", with_llm=False).detector.encoder
+    enc = dev_encoder()
     imgs, kinds, groups = load_dev(args.set, args.max)
     labels = kinds != "good"
     x = batch_tensor(imgs, 224)
