@@ -237,6 +237,16 @@ class ZeroShotConfig:
     # only setting better on all three; "none" for parts whose orientation is itself checked.
     # Cost: 4 encoder passes and 4 similarity matrices per image instead of 1
     self_orientations: Literal["none", "rot180", "rot90", "dihedral"] = "rot90"
+    # self: a patch's score is 1 - the mean similarity of its nearest twins, as many as this
+    # share of the patches it is compared with (the image's grid times its copies; 0 = the
+    # nearest twin alone, FADE's rule). A normal patch has hundreds of twins in its image, a
+    # patch of a long crack only the rest of its crack (self_similarity.py says why). Dev AUROC
+    # k = 1 / 16 / 32 / 64 / 128 nearest twins at 224 px with rot90 copies (3,136 compared;
+    # benchmarks/zeroshot_selfk_dev.py): ELPV mono dev 0.968 / 0.975 / 0.979 / 0.984 / 0.978,
+    # poly dev 0.912 / 0.920 / 0.924 / 0.927 / 0.924, their faint variants (anomalies at 25-50%
+    # contrast) mono 0.899 / 0.903 / - / 0.914 / 0.889, poly 0.789 / 0.796 / - / 0.801 / 0.796;
+    # textures dev local anomalies 0.714 / 0.719 / - / 0.713 / 0.719 (flat). 64 = 2% of 3,136
+    self_twins: float = 0.02
     # batch: each image is compared with n_compare other images; a patch's score is the mean
     # of its lowest `fraction` of per-image nearest-neighbour distances
     n_compare: int = 100
@@ -317,6 +327,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "llm.lora_r": (lambda v: v >= 0, "an integer >= 0 (0 disables LoRA)"),
     "llm.max_new_tokens": (lambda v: 1 <= v <= 4096, "an integer in 1..4096"),
     "zero_shot.window": (lambda v: v >= 0, "an integer >= 0 (0 excludes only the patch itself)"),
+    "zero_shot.self_twins": (lambda v: 0.0 <= v < 1.0, "a share in 0..1 (0 = the nearest twin alone)"),
     "zero_shot.scales": (lambda v: len(v) >= 1 and all(0.25 <= x <= 4 for x in v),
                          "a non-empty list of factors of encoder.image_size in 0.25..4"),
     "zero_shot.batch_scales": (lambda v: len(v) >= 1 and all(0.25 <= x <= 4 for x in v),

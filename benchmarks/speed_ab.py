@@ -90,7 +90,8 @@ def ab_encoder_cache(rounds: int) -> dict[str, Any]:
 def ab_zero_shot(rounds: int, n_images: int = 101) -> dict[str, Any]:
     """Zero-shot seconds per image (detector side, `bench.measure_zero_shot`, a set of
     `n_images`): `self` with the image's turned copies as twins (`zero_shot.self_orientations:
-    rot90`, 4 encoder passes) and without ("none"); `batch` with and without the second pass.
+    rot90`, 4 encoder passes) and without ("none"), and with the nearest twin alone instead
+    of the mean of the 2% nearest (`self_twins` 0); `batch` with and without the second pass.
     The variants alternate in one assistant, round by round."""
     from anomalygpt.evaluation.bench import measure_zero_shot
     from anomalygpt.inspector import AnomalyGPT
@@ -99,6 +100,7 @@ def ab_zero_shot(rounds: int, n_images: int = 101) -> dict[str, Any]:
     zs = assistant.cfg.zero_shot
     variants = {"self, rot90 copies": ("self", "self_orientations", "rot90"),
                 "self, none": ("self", "self_orientations", "none"),
+                "self, rot90, nearest twin only": ("self", "self_twins", 0.0),
                 "batch, second pass": ("batch", "second_pass", True),
                 "batch, first pass only": ("batch", "second_pass", False)}
     defaults = {key: getattr(zs, key) for _, key, _ in variants.values()}

@@ -62,6 +62,42 @@ def test_excluded_window_parameter():
         self_similarity_scores(f, H, W, window=6)
 
 
+def test_nearest_twins_find_a_long_crack_that_the_nearest_twin_misses():
+    """A crack drawn along a whole row: each of its patches has twins on the same row, outside
+    the window, so the nearest twin alone calls it normal; a normal patch has dozens of
+    twins (period 2 on a 12 x 12 grid: about 30), so the mean of its 20 nearest stays close
+    while the crack's 20 nearest must reach into the texture."""
+    f = texture_feats(period=2, dim=64, noise=0.02)
+    g = torch.Generator().manual_seed(3)
+    crack = F.normalize(torch.randn(f.shape[-1], generator=g), dim=-1)
+    row = 6
+    f[0, row * W:(row + 1) * W] = crack
+    on_crack = torch.zeros(H * W, dtype=torch.bool)
+    on_crack[row * W:(row + 1) * W] = True
+    nearest = self_similarity_scores(f, H, W, window=1).flatten()
+    twins = self_similarity_scores(f, H, W, window=1, k=20).flatten()
+    assert nearest[on_crack].max() < 1e-5           # the crack matches itself two steps along
+    assert twins[on_crack].min() > 0.3 > 0.1 > twins[~on_crack].max()
+    assert torch.equal(self_similarity_scores(f, H, W, window=1, k=1), nearest.view(1, 1, H, W))
+
+
+def test_nearest_twins_count_is_capped_at_the_patches_left():
+    """k beyond the patches outside the window averages over all of them (the excluded ones
+    never count); the count of the library's default scales with the grid."""
+    from anomalygpt.zeroshot.modes import twin_count
+
+    f = texture_feats(noise=0.1)
+    near = window_mask(H, W, 4)
+    sims = (f[0] @ f[0].t()).masked_fill(near, float("nan"))
+    mean_all = 1.0 - torch.nanmean(sims, 1)
+    capped = self_similarity_scores(f, H, W, window=4, k=10_000).flatten()
+    fewest = int((~near).sum(1).min())
+    assert torch.allclose(capped[(~near).sum(1) == fewest], mean_all[(~near).sum(1) == fewest], atol=1e-5)
+    with pytest.raises(ValueError, match="k must be"):
+        self_similarity_scores(f, H, W, window=1, k=0)
+    assert twin_count(0.02, 28 * 28, 3) == 63 and twin_count(0.0, 28 * 28, 3) == 1 and twin_count(0.02, 8 * 8, 0) == 1
+
+
 # ---------------------------------------------------------------------------- batch
 def test_batch_defect_scores_highest_and_is_robust_to_defects_in_other_images():
     n = 20
