@@ -1,0 +1,91 @@
+"""Batch zero-shot: how many references the second pass trusts, a third pass, and turned
+reference copies; chosen WITHOUT test labels (issue 18).
+
+The second pass scores every image against the images the first pass found most normal
+(`zero_shot.ref_fraction` of the batch, at most `max_refs`). More references cover more of
+a normal part's variation; fewer are less likely to hold a defect that hides its look-alikes.
+A third pass re-picks the references from the second pass's better ranking. Turned copies
+(90/180/270 degrees) of the references let parts photographed turned find twins, as the
+few-shot bank does (`memory.orientations`).
+
+Dev sets only (benchmarks/zeroshot_dev.load_dev): ELPV TRAIN normals with data_sim anomalies
+(mono / poly, and their `-faint` variants whose anomalies keep 25-50% of their contrast, so the
+dev AUROC is not saturated) and the textures dev set (each texture its own batch).
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/zeroshot_passes_dev.py mono-faint
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/zeroshot_passes_dev.py textures --variants p2,p3
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from anomalygpt.zeroshot.batch_mutual import mutual_scores
+from anomalygpt.zeroshot.features import average_maps, encoder_patches
+from anomalygpt.zeroshot.modes import image_scores, reference_scores
+from anomalygpt.zeroshot.thresholds import most_normal
+from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
+
+# name -> (reference fraction, at most, passes after the first, turned reference copies)
+VARIANTS = {
+    "p2": (0.2, 64, 1, False),          # the default
+    "p2-f0.1": (0.1, 64, 1, False),
+    "p2-f0.3x128": (0.3, 128, 1, False),
+    "p2-f0.5x256": (0.5, 256, 1, False),
+    "p3": (0.2, 64, 2, False),
+    "p2-rot": (0.2, 64, 1, True),
+}
+
+
+def turned_reference_scores(feats: torch.Tensor, turned: list[torch.Tensor], refs: np.ndarray) -> torch.Tensor:
+    """As modes.reference_scores, with the bank also holding each reference's patches seen
+    turned by 90, 180 and 270 degrees (`turned`: N x P x C features of the turned images)."""
+    n, p, c = feats.shape
+    ref_list = [int(r) for r in refs]
+    banks = [feats[ref_list]] + [t[ref_list] for t in turned]
+    bank = torch.cat([b.reshape(-1, c) for b in banks])
+    owners = torch.tensor(ref_list).repeat_interleave(p).repeat(len(banks))
+    out = torch.empty(n, p)
+    for i in range(n):
+        b = bank if i not in ref_list else bank[owners != i]
+        out[i] = 1.0 - torch.cat([(feats[i] @ part.t()).amax(1, keepdim=True)
+                                  for part in b.split(8192)], 1).amax(1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("set", choices=["mono", "poly", "mono-faint", "poly-faint", "textures"])
+    ap.add_argument("--max", type=int, default=500)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    enc = dev_encoder()
+    t0 = time.perf_counter()
+    rows: dict[str, dict[str, list[float]]] = {}
+    for grp, k, x in dev_batches(args.set, args.max):
+        feats, (h, w), _ = encoder_patches(enc, x, 224)
+        first = average_maps([mutual_scores(feats, 100, 0.3).view(-1, 1, h, w)], (224, 224))
+        s1 = image_scores(first, 4.0).numpy()
+        add_aurocs(rows, "first pass", s1, k)
+        turned: list[torch.Tensor] = []
+        for name in args.variants.split(","):
+            frac, most, passes, rot = VARIANTS[name]
+            if rot and not turned:
+                turned = [encoder_patches(enc, torch.rot90(x, q, (2, 3)), 224)[0] for q in (1, 2, 3)]
+            s, bad = s1, []
+            for _ in range(passes):
+                refs = most_normal(s, frac, maximum=most)
+                bad.append(int((k[refs] != "good").sum()))
+                m = turned_reference_scores(feats, turned, refs) if rot else reference_scores(feats, refs)
+                s = image_scores(average_maps([m.view(-1, 1, h, w)], (224, 224)), 4.0).numpy()
+            add_aurocs(rows, name, s, k)
+            print(f"{grp} {name}: {len(refs)} references, anomalous among them per pass {bad} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    print_aurocs(rows)
+
+
+if __name__ == "__main__":
+    main()
