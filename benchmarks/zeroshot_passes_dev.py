@@ -23,11 +23,10 @@ import time
 import numpy as np
 import torch
 
-from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.modes import image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import most_normal
-from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
+from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, dev_first_pass, print_aurocs
 
 # name -> (reference fraction, at most, passes after the first, turned reference copies)
 VARIANTS = {
@@ -66,9 +65,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {}
     for grp, k, x in dev_batches(args.set, args.max):
-        feats, (h, w), _ = encoder_patches(enc, x, 224)
-        first = average_maps([mutual_scores(feats, 100, 0.3).view(-1, 1, h, w)], (224, 224))
-        s1 = image_scores(first, 4.0).numpy()
+        feats, (h, w), _, s1 = dev_first_pass(enc, x)
         add_aurocs(rows, "first pass", s1, k)
         turned: list[torch.Tensor] = []
         for name in args.variants.split(","):

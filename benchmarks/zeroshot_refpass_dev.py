@@ -23,11 +23,10 @@ import time
 import numpy as np
 import torch
 
-from anomalygpt.zeroshot.batch_mutual import mutual_scores
-from anomalygpt.zeroshot.features import average_maps, encoder_patches
+from anomalygpt.zeroshot.features import average_maps
 from anomalygpt.zeroshot.modes import image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import most_normal
-from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
+from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, dev_first_pass, print_aurocs
 
 
 def ref_fraction_scores(feats: torch.Tensor, refs: np.ndarray, fraction: float) -> torch.Tensor:
@@ -54,9 +53,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {}
     for grp, k, x in dev_batches(args.set, args.max):
-        feats, (h, w), _ = encoder_patches(enc, x, 224)
-        first = average_maps([mutual_scores(feats, 100, 0.3).view(-1, 1, h, w)], (224, 224))
-        s1 = image_scores(first, 4.0).numpy()
+        feats, (h, w), first, s1 = dev_first_pass(enc, x)
         refs = most_normal(s1, args.ref_fraction, maximum=args.max_refs)
         maps = {"first pass": first,
                 "second, nn": average_maps([reference_scores(feats, refs).view(-1, 1, h, w)], (224, 224))}
