@@ -90,11 +90,9 @@ def dev_batches(name: str, n_max: int = 500):
 def dev_first_pass(enc, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, np.ndarray]:
     """The batch mode's first pass as the dev scripts run it (224 px, 100 partners, fraction
     0.3): (patch features, grid, map at 224 px, image scores)."""
-    from anomalygpt.zeroshot.modes import image_scores as mode_image_scores
-
     feats, (h, w), _ = encoder_patches(enc, x, 224)
     first = average_maps([mutual_scores(feats, 100, 0.3).view(-1, 1, h, w)], (224, 224))
-    return feats, (h, w), first, mode_image_scores(first, 4.0).numpy()
+    return feats, (h, w), first, image_scores(first)
 
 
 def add_aurocs(rows: dict[str, dict[str, list[float]]], name: str, scores: np.ndarray, kinds: np.ndarray) -> None:

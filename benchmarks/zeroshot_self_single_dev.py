@@ -31,7 +31,8 @@ def main() -> None:
     for share in [float(v) for v in args.twins.split(",")]:
         cfg = dataclasses.replace(a.cfg.zero_shot, self_twins=share)
         ctx = ZeroShotContext(a.detector.encoder, cfg, a.detector.image_size, a.detector.smooth_sigma)
-        ks = [float(v) for v in args.ks.split(",")] if args.ks else [gumbel_k(28 * 28)]
+        grid = a.detector.image_size // min(a.detector.encoder.strides)  # the encoder's finest grid, as score_self
+        ks = [float(v) for v in args.ks.split(",")] if args.ks else [gumbel_k(grid * grid)]
         flagged: dict[float, list[np.ndarray]] = {k: [] for k in ks}
         for i in range(0, len(imgs), 16):
             res = score_self(batch_tensor(imgs[i:i + 16], ctx.map_size), ctx)
