@@ -273,6 +273,24 @@ class ZeroShotConfig:
     # 0.943/0.940/0.934/0.930), pools 1 / 5 / 1+3+5 (mono 0.954/0.949/0.958, poly 0.888/0.891/0.898)
     batch_rot90: bool = False
     rescore_k: int = 0
+    # batch: each image's own `self` map (the settings above) added to the batch map, each over
+    # its median image score: "auto" when `self` agrees with the batch where the batch is
+    # surest (AUROC of the self scores between the batch's lowest and highest 20%;
+    # modes.self_agreement) at batch_self_gate or above, "on" always, "off" (the default)
+    # never. Dev AUROC batch -> fused, and the agreement (benchmarks/
+    # zeroshot_batch_recurring_dev.py --save, then benchmarks/zeroshot_fusion_gate_dev.py):
+    # ELPV mono dev 0.956 -> 0.987 (1.00), poly 0.927 -> 0.939 (0.99), mono-faint 0.892 ->
+    # 0.927 (0.99), mono-faint-crack 0.958 -> 0.984 (0.99), poly-faint 0.784 -> 0.807 (0.99),
+    # poly-faint-crack 0.910 -> 0.919 (0.99); the textures dev set, where `self` hurts (fused: blobs 0.944 -> 0.914, brick
+    # 0.900 -> 0.830, grass 0.830 -> 0.681, gravel 0.852 -> 0.728, moon 0.822 -> 0.747), agreed
+    # 0.83 / 0.76 / 0.56 / 0.28 / 0.80, so a gate of 0.9 kept every dev texture at the batch
+    # alone. Measured once with "auto": ELPV test 0.866 / 0.816 -> 0.883 / 0.837, but the
+    # textures benchmark 0.807 -> 0.779: gravel and moon agreed 0.98 there and lost 0.848 ->
+    # 0.798 and 0.880 -> 0.788 (docs/experiments.md, session 13). The gate does not tell where
+    # `self` helps, so "off" stays the default: a gain on solar cells only, at two to four
+    # times the cost, is not a default for unknown products
+    batch_self: Literal["auto", "on", "off"] = "off"
+    batch_self_gate: float = 0.9
     # verdict threshold of a set (>= 8 images, both modes; zeroshot/thresholds.set_threshold):
     # "gmm" = a two-component mixture on log scores, split at the components' posterior
     # crossing (one component by BIC: mean + 1 std); "lower" = the lower component's mean +
@@ -338,6 +356,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "zero_shot.max_refs": (lambda v: v >= 2, "an integer >= 2"),
     "zero_shot.pools": (lambda v: len(v) >= 1 and all(x >= 1 and x % 2 == 1 for x in v),
                         "a non-empty list of odd pool sizes, e.g. [1] or [1, 3, 5]"),
+    "zero_shot.batch_self_gate": (lambda v: 0.0 <= v <= 1.0, "an AUROC in 0..1"),
     "zero_shot.set_rule": (lambda v: v in ("lower", "gmm", "mode"), "one of lower, gmm, mode"),
     "zero_shot.set_k": (lambda v: v > 0, "a positive number of standard deviations"),
     "zero_shot.mode_fraction": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),

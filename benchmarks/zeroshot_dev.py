@@ -28,8 +28,11 @@ from data_sim.nsa import synthesize
 N_CLEAN = 150
 
 
-def dev_set(kind: str, n_max: int, faint: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
-    """`faint`: each simulated anomaly is blended back towards the clean cell, keeping 25-50%
+def dev_set(kind: str, n_max: int, faint: bool = False, mode: str = "mix") -> tuple[list[np.ndarray], np.ndarray]:
+    """`mode`: the simulator's anomaly kind ("mix" draws one per anomaly; "crack" gives every
+    anomalous cell the same kind, so defects recur across the batch as real line defects do and
+    a crack meets look-alike cracks in other cells, which mixed kinds rarely do).
+    `faint`: each simulated anomaly is blended back towards the clean cell, keeping 25-50%
     of its change (seeded per image). The plain dev sets are saturated (0.96-0.97 AUROC on
     mono against 0.83-0.87 on the test split), so they cannot rank settings whose test gap is a
     few hundredths; fainter defects bring the dev AUROC down to where differences show. A
@@ -41,7 +44,7 @@ def dev_set(kind: str, n_max: int, faint: bool = False) -> tuple[list[np.ndarray
     for k, p in enumerate(paths):
         img = load_image(p)
         if k >= N_CLEAN:
-            syn = synthesize(img, np.random.default_rng([7, k]), sources=paths[N_CLEAN:], texture=True, mode="mix")
+            syn = synthesize(img, np.random.default_rng([7, k]), sources=paths[N_CLEAN:], texture=True, mode=mode)
             img = syn.image
             if faint:
                 keep = np.random.default_rng([9, k]).uniform(0.25, 0.5)
@@ -58,16 +61,19 @@ def load_dev(name: str, n_max: int = 500) -> tuple[list[np.ndarray], np.ndarray,
     """(images, kinds, groups) of one zero-shot dev set: "mono" / "poly" = `dev_set` (kinds
     "good" / "sim", one group), "textures" = benchmarks/detector_dev.textures_dev (one group,
     i.e. one batch, per texture); "mono-faint" / "poly-faint" = `dev_set(faint=True)`, "textures-small" = textures plus its
-    2-5 px dev defects (detector_dev.small_defect). The other zero-shot dev scripts all start here."""
+    2-5 px dev defects (detector_dev.small_defect); "mono-crack" / "poly-crack" (and
+    "-faint-crack") = `dev_set(mode="crack")`, one recurring anomaly kind.
+    The other zero-shot dev scripts all start here."""
     if name in ("textures", "textures-small"):
         from benchmarks.detector_dev import textures_dev
 
         imgs, kinds, _, groups = textures_dev(with_small=name == "textures-small")
         return imgs, np.array(kinds), np.array(groups)
-    kind, _, variant = name.partition("-")
-    if kind not in ("mono", "poly") or variant not in ("", "faint"):
-        raise ValueError(f"unknown dev set {name!r}; use mono, poly, mono-faint, poly-faint, textures or textures-small")
-    imgs, labels = dev_set(kind, n_max, faint=variant == "faint")
+    kind, *flags = name.split("-")
+    if kind not in ("mono", "poly") or not set(flags) <= {"faint", "crack"} or len(set(flags)) < len(flags):
+        raise ValueError(f"unknown dev set {name!r}; use mono or poly (with -faint and/or -crack), textures or "
+                         "textures-small")
+    imgs, labels = dev_set(kind, n_max, faint="faint" in flags, mode="crack" if "crack" in flags else "mix")
     return imgs, np.array(["sim" if v else "good" for v in labels]), np.array([name] * len(imgs))
 
 

@@ -342,3 +342,54 @@ def test_second_pass_flags_as_many_images_as_the_first(tiny, defect):
         flagged[second] = [i for i, r in enumerate(reps) if r.is_anomalous]
     assert len(flagged[True]) == len(flagged[False])
     assert defect <= set(flagged[True]) or len(flagged[True]) < len(defect)
+
+
+def test_self_agreement_reads_only_the_batch_extremes():
+    from anomalygpt.zeroshot.modes import self_agreement
+
+    b = np.arange(20, dtype=float)
+    assert self_agreement(b, b) == 1.0 and self_agreement(b, -b) == 0.0
+    middle = b.copy()
+    middle[4:16] = -100.0  # self disagreeing on the batch's uncertain middle does not count
+    assert self_agreement(b, middle) == 1.0
+    assert self_agreement(b, np.ones(20)) == 0.5  # ties count half
+    with pytest.raises(ValueError, match="same images"):
+        self_agreement(b, b[:5])
+    with pytest.raises(ValueError, match="too few"):
+        self_agreement(b[:3], b[:3])
+
+
+@pytest.mark.parametrize("agree", [0.5, 0.95])
+def test_batch_adds_self_only_past_the_gate_and_keeps_the_count(tiny, monkeypatch, agree):
+    """'auto' adds each image's own twins to the batch map only when `self` agrees with the
+    batch's surest images at batch_self_gate or above; the first pass's count of defective
+    images stays, and the report says which was done."""
+    from anomalygpt.zeroshot import modes
+
+    defect = {2, 7, 11}
+    imgs = _textures(16, defect=defect, seed=1)
+    zs = tiny.cfg.zero_shot
+    seen = []
+
+    def fixed(b, s, share=0.2):  # the batch's and self's scores of the same 16 images
+        seen.append((len(b), len(s)))
+        return agree
+
+    zs.batch_self = "off"
+    try:
+        off = list(tiny.inspect_many(imgs, zero_shot="batch", question=None))
+        zs.batch_self = "auto"
+        monkeypatch.setattr(modes, "self_agreement", fixed)
+        auto = list(tiny.inspect_many(imgs, zero_shot="batch", question=None))
+    finally:
+        zs.batch_self = "off"
+    assert seen == [(16, 16)]
+    fused = agree >= zs.batch_self_gate
+    assert ("own twins added" in auto[0].threshold_source) == fused
+    assert ("own twins not added" in auto[0].threshold_source) == (not fused)
+    assert "twins" not in off[0].threshold_source
+    assert sum(r.is_anomalous for r in auto) == sum(r.is_anomalous for r in off)
+    scores = np.array([r.score for r in auto])
+    assert set(np.argsort(scores)[-3:].tolist()) == defect
+    same = all(a.score == o.score for a, o in zip(auto, off))
+    assert same == (not fused)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clip_language import LanguageZeroShot, fuse
+from .clip_language import LanguageZeroShot
 
 THRESHOLD_SOURCE = "0.5: P(abnormal) = P(normal) between the CLIP text anchors (not fitted to labels)"
 

@@ -200,24 +200,71 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
     amap = average_maps(first, size)
     scores = image_scores(amap, ctx.smooth_sigma)
     info: dict[str, Any] = {"n_images": n, "n_compare": min(cfg.n_compare, n - 1), "fraction": cfg.fraction}
-    thr, source = batch_threshold(scores.numpy(), cfg)
+    # the first pass's split says how many images are defective; every later step only
+    # re-ranks, and its threshold flags as many (thresholds.carry_share)
+    first_scores = scores.numpy()
+    first_thr, source = batch_threshold(first_scores, cfg)
+    thr = first_thr
     if cfg.second_pass and n >= 5:
         # the most normal-scored images become references; a reference is scored against the
         # others only (config.ZeroShotConfig.second_pass gives the dev numbers that turned it on)
-        refs = most_normal(scores.numpy(), cfg.ref_fraction, maximum=cfg.max_refs)
+        refs = most_normal(first_scores, cfg.ref_fraction, maximum=cfg.max_refs)
         second = [reference_scores(feats, refs).view(n, 1, h, w) for feats, h, w in feats_all]
         amap = average_maps(second, size)
-        first_scores, scores = scores.numpy(), image_scores(amap, ctx.smooth_sigma)
-        # the first pass says how many are defective, the second which (thresholds.carry_share)
-        thr = carry_share(first_scores, thr, scores.numpy())
+        scores = image_scores(amap, ctx.smooth_sigma)
+        thr = carry_share(first_scores, first_thr, scores.numpy())
         source = f"{source}; as many flagged, ranked by the second pass against the {len(refs)} most normal"
         info |= {"n_refs": len(refs)}
+    if cfg.batch_self != "off" and n >= MIN_SET:
+        own = score_self(images, ctx)
+        agree = self_agreement(scores.numpy(), own.scores.numpy())
+        info |= {"self_agreement": round(agree, 3)}
+        if cfg.batch_self == "on" or agree >= cfg.batch_self_gate:
+            amap = fuse_by_median(amap, scores, own.anomaly_map, own.scores)
+            scores = image_scores(amap, ctx.smooth_sigma)
+            thr = carry_share(first_scores, first_thr, scores.numpy())
+            source += f"; each image's own twins added (self agrees {agree:.2f} with the batch's surest images)"
+            info |= {"self_fused": True}
+        else:
+            source += f"; own twins not added (self agrees {agree:.2f} < {cfg.batch_self_gate:g} with the batch)"
+            info |= {"self_fused": False}
     if cfg.rescore_k > 0:  # image level: blended with the k nearest images' scores (RsCIN)
-        before = scores.numpy()
-        scores = torch.from_numpy(knn_rescore(before, glob, cfg.rescore_k)).to(scores.dtype)
-        thr = carry_share(before, thr, scores.numpy())  # re-scoring reorders; the count stays
+        scores = torch.from_numpy(knn_rescore(scores.numpy(), glob, cfg.rescore_k)).to(scores.dtype)
+        thr = carry_share(first_scores, first_thr, scores.numpy())  # re-scoring reorders; the count stays
         info |= {"rescore_k": cfg.rescore_k}
     return ZeroShotResult(amap, scores, np.full(n, thr), source, glob, info)
+
+
+def self_agreement(batch_scores: np.ndarray, self_scores: np.ndarray, share: float = 0.2) -> float:
+    """How far `self` agrees with the batch pass where the batch pass is surest: the AUROC of
+    the self scores between the batch's lowest `share` (taken as normal) and its highest
+    `share` (taken as defective). No label: only the batch's own extremes.
+
+    Why a gate at all: the query's own twins catch a defect that the batch hides (a crack meets
+    look-alike cracks in other cracked cells, and the second pass's references may carry
+    some), but on busy textures `self` calls whole-surface changes normal and rare-but-normal
+    spots defective, and added to the batch map it costs there. On the dev sets the two cases
+    lay far apart: ELPV cells (mixed and crack-only anomalies, full and faint) 0.99-1.00, the
+    five dev textures 0.28-0.83 (benchmarks/zeroshot_fusion_gate_dev.py). On the textures
+    benchmark two surfaces agreed 0.98 and still lost with `self` added, so the fusion is off
+    by default (config.ZeroShotConfig.batch_self)."""
+    b, o = np.asarray(batch_scores, np.float64).ravel(), np.asarray(self_scores, np.float64).ravel()
+    if b.shape != o.shape:
+        raise ValueError(f"batch and self scores must be of the same images, got {b.shape} and {o.shape}")
+    m = max(2, int(round(share * len(b))))
+    if 2 * m > len(b):
+        raise ValueError(f"{len(b)} images are too few to compare the lowest and highest {m}")
+    order = np.argsort(b, kind="stable")
+    lo, hi = o[order[:m]], o[order[-m:]]
+    # AUROC as the share of (defective, normal) pairs ranked right, ties counting half
+    return float(((hi[:, None] > lo[None]).sum() + 0.5 * (hi[:, None] == lo[None]).sum()) / (m * m))
+
+
+def fuse_by_median(amap_a: torch.Tensor, scores_a: torch.Tensor, amap_b: torch.Tensor,
+                   scores_b: torch.Tensor) -> torch.Tensor:
+    """The sum of two maps, each divided by the median image score of its kind over the call:
+    the set-level scale of each signal, learned from no label, so neither drowns the other."""
+    return amap_a / scores_a.median().clamp_min(1e-6) + amap_b / scores_b.median().clamp_min(1e-6)
 
 
 def batch_threshold(scores: np.ndarray, cfg: ZeroShotConfig) -> tuple[float, str]:
