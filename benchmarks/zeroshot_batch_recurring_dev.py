@@ -18,6 +18,8 @@ Variants, all on the same features (224 px, pool 3, 100 partners):
   p2 refF           per reference, the nearest-patch distance; the mean of the lowest F
   self              `self` mode as shipped (window 6, rot90 copies, 2% nearest twins)
   p2 nn + self      the two maps, each divided by its median image score over the batch, added
+  p2 nn, joint refs the second pass against the images most normal by the sum of their
+                    first-pass and self ranks (self picks the references, the score stays batch)
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/zeroshot_batch_recurring_dev.py mono-crack
 """
@@ -29,6 +31,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from anomalygpt.models.memory_bank import nn_similarity
 from anomalygpt.zeroshot.batch_mutual import pair_list
@@ -125,6 +128,12 @@ def main() -> None:
             maps["self"] = self_maps(enc, x)
             maps["p2 nn + self"] = by_median(maps["p2 nn"]) + by_median(maps["self"])
             maps["first f0.3 + self"] = by_median(maps["first f0.3"]) + by_median(maps["self"])
+            # references picked by both signals (the sum of the two ranks): a cell whose own
+            # twins show a crack is not trusted as normal, though the batch let it through
+            s_self = image_scores(maps["self"], 4.0).numpy()
+            joint = most_normal(rankdata(s1) + rankdata(s_self), 0.2, maximum=64)
+            maps["p2 nn, joint refs"] = as_map(reference_scores(feats, joint))
+            print(f"{grp}: joint references {len(joint)}, {int((kinds[joint] != 'good').sum())} anomalous", flush=True)
         for name, amap in maps.items():
             add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), kinds)
             saved.setdefault(name, []).append(image_scores(amap, 4.0).numpy())
