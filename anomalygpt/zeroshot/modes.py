@@ -254,10 +254,10 @@ def self_agreement(batch_scores: np.ndarray, self_scores: np.ndarray, share: flo
     m = max(2, int(round(share * len(b))))
     if 2 * m > len(b):
         raise ValueError(f"{len(b)} images are too few to compare the lowest and highest {m}")
+    from sklearn.metrics import roc_auc_score  # only when the gate is asked; keeps the import light
+
     order = np.argsort(b, kind="stable")
-    lo, hi = o[order[:m]], o[order[-m:]]
-    # AUROC as the share of (defective, normal) pairs ranked right, ties counting half
-    return float(((hi[:, None] > lo[None]).sum() + 0.5 * (hi[:, None] == lo[None]).sum()) / (m * m))
+    return float(roc_auc_score(np.r_[np.zeros(m), np.ones(m)], np.r_[o[order[:m]], o[order[-m:]]]))
 
 
 def fuse_by_median(amap_a: torch.Tensor, scores_a: torch.Tensor, amap_b: torch.Tensor,
