@@ -40,6 +40,7 @@ from anomalygpt.zeroshot.modes import image_scores, reference_scores, twin_count
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores
 from anomalygpt.zeroshot.thresholds import most_normal
 from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
+from benchmarks.zeroshot_refpass_dev import ref_fraction_scores
 
 SIZE = (224, 224)
 
@@ -71,15 +72,6 @@ def twin_reference_scores(feats: torch.Tensor, refs: np.ndarray, k: int) -> torc
     for i in range(n):
         b = bank if i not in ref_list else bank[owners != i]
         out[i] = 1.0 - (feats[i] @ b.t()).topk(k, 1).values.mean(1)
-    return out
-
-
-def ref_fraction_scores(feats: torch.Tensor, refs: np.ndarray, fraction: float) -> torch.Tensor:
-    n, p, _ = feats.shape
-    out = torch.empty(n, p)
-    for i in range(n):
-        d = torch.stack([1.0 - (feats[i] @ feats[int(r)].t()).amax(1) for r in refs if int(r) != i])
-        out[i] = d.topk(max(1, math.ceil(fraction * len(d))), 0, largest=False).values.mean(0)
     return out
 
 
