@@ -287,8 +287,9 @@ class ZeroShotConfig:
     # alone. Measured once with "auto": ELPV test 0.866 / 0.816 -> 0.883 / 0.837, but the
     # textures benchmark 0.807 -> 0.779: gravel and moon agreed 0.98 there and lost 0.848 ->
     # 0.798 and 0.880 -> 0.788 (docs/experiments.md, session 13). The gate does not tell where
-    # `self` helps, so "off" stays the default: a gain on solar cells only, at two to four
-    # times the cost, is not a default for unknown products
+    # `self` helps, so "off" stays the default: a gain on solar cells only, at 2.2 times the
+    # cost (benchmarks/speed_ab.py zero-shot: 0.156 -> 0.339 s per image), is not a default
+    # for unknown products
     batch_self: Literal["auto", "on", "off"] = "off"
     batch_self_gate: float = 0.9
     # verdict threshold of a set (>= 8 images, both modes; zeroshot/thresholds.set_threshold):

@@ -2,7 +2,7 @@
 
     python benchmarks/speed_ab.py decode --rounds 5          # llm.decode_weights auto vs float32
     python benchmarks/speed_ab.py encoder-cache --rounds 3   # warm load with vs without the TorchScript encoder cache
-    python benchmarks/speed_ab.py zero-shot --rounds 3       # self with / without turned copies; batch with / without the second pass
+    python benchmarks/speed_ab.py zero-shot --rounds 3       # self with / without turned copies; batch with / without the second pass, with self added
 
 These machines are shared and their speed drifts by tens of percent within minutes, so a
 change is never judged by comparing two separate `anomalygpt bench` runs: here the two
@@ -91,7 +91,8 @@ def ab_zero_shot(rounds: int, n_images: int = 101) -> dict[str, Any]:
     """Zero-shot seconds per image (detector side, `bench.measure_zero_shot`, a set of
     `n_images`): `self` with the image's turned copies as twins (`zero_shot.self_orientations:
     rot90`, 4 encoder passes) and without ("none"), and with the nearest twin alone instead
-    of the mean of the 2% nearest (`self_twins` 0); `batch` with and without the second pass.
+    of the mean of the 2% nearest (`self_twins` 0); `batch` with and without the second pass,
+    and with each image's `self` map added (`batch_self` on: the cost of the optional fusion).
     The variants alternate in one assistant, round by round."""
     from anomalygpt.evaluation.bench import measure_zero_shot
     from anomalygpt.inspector import AnomalyGPT
@@ -102,7 +103,8 @@ def ab_zero_shot(rounds: int, n_images: int = 101) -> dict[str, Any]:
                 "self, none": ("self", "self_orientations", "none"),
                 "self, rot90, nearest twin only": ("self", "self_twins", 0.0),
                 "batch, second pass": ("batch", "second_pass", True),
-                "batch, first pass only": ("batch", "second_pass", False)}
+                "batch, first pass only": ("batch", "second_pass", False),
+                "batch, own twins added": ("batch", "batch_self", "on")}
     defaults = {key: getattr(zs, key) for _, key, _ in variants.values()}
     per: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds):
