@@ -16,8 +16,9 @@ Variants, all on the same features (224 px, pool 3, 100 partners):
                     patches (as `self` mode's twins): a crack shared by a few references
                     still meets normal patches among its K nearest
   p2 refF           per reference, the nearest-patch distance; the mean of the lowest F
-  self              `self` mode as shipped (window 6, rot90 copies, 2% nearest twins)
+  self              `self` mode as shipped (modes.score_self with the default settings)
   p2 nn + self      the two maps, each divided by its median image score over the batch, added
+                    (modes.fuse_by_median, as `zero_shot.batch_self` does)
   p2 nn, joint refs the second pass against the images most normal by the sum of their
                     first-pass and self ranks (self picks the references, the score stays batch)
 
@@ -26,65 +27,32 @@ Variants, all on the same features (224 px, pool 3, 100 partners):
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from anomalygpt.models.memory_bank import nn_similarity
-from anomalygpt.zeroshot.batch_mutual import pair_list
-from anomalygpt.zeroshot.features import average_maps, encoder_patches, oriented_patch_sets
-from anomalygpt.zeroshot.modes import image_scores, reference_scores, twin_count
-from anomalygpt.zeroshot.self_similarity import self_similarity_scores
+from anomalygpt.config import ZeroShotConfig
+from anomalygpt.zeroshot.batch_mutual import lowest_fraction_mean, partner_distances
+from anomalygpt.zeroshot.features import average_maps, encoder_patches
+from anomalygpt.zeroshot.modes import (ZeroShotContext, fuse_by_median, image_scores, reference_banks,
+                                       reference_scores, score_self)
 from anomalygpt.zeroshot.thresholds import most_normal
 from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
 from benchmarks.zeroshot_refpass_dev import ref_fraction_scores
 
 SIZE = (224, 224)
-
-
-def mutual_distance_stacks(feats: torch.Tensor, n_compare: int = 100) -> list[torch.Tensor]:
-    """Per image, its M x P nearest-patch distances to its partners (batch_mutual's pairs),
-    kept so several fractions are read off one pass."""
-    per_image: list[list[torch.Tensor]] = [[] for _ in range(len(feats))]
-    for i, j in pair_list(len(feats), n_compare):
-        sim = feats[i] @ feats[j].t()
-        per_image[i].append(1.0 - sim.amax(1))
-        per_image[j].append(1.0 - sim.amax(0))
-    return [torch.stack(d) for d in per_image]
-
-
-def lowest_mean(stacks: list[torch.Tensor], fraction: float) -> torch.Tensor:
-    return torch.stack([d.topk(max(1, math.ceil(fraction * len(d))), 0, largest=False).values.mean(0)
-                        for d in stacks])
+SIGMA = 4.0
 
 
 def twin_reference_scores(feats: torch.Tensor, refs: np.ndarray, k: int) -> torch.Tensor:
     """N x P: 1 - mean similarity of the k nearest patches among the references' patches
     (a reference leaves itself out)."""
-    n, p, c = feats.shape
-    ref_list = [int(r) for r in refs]
-    bank = feats[ref_list].reshape(-1, c)
-    owners = torch.tensor(ref_list).repeat_interleave(p)
-    out = torch.empty(n, p)
-    for i in range(n):
-        b = bank if i not in ref_list else bank[owners != i]
-        out[i] = 1.0 - (feats[i] @ b.t()).topk(k, 1).values.mean(1)
+    out = torch.empty(feats.shape[:2])
+    for i, bank in reference_banks(feats, refs):
+        out[i] = 1.0 - (feats[i] @ bank.t()).topk(k, 1).values.mean(1)
     return out
-
-
-def self_maps(enc, x: torch.Tensor) -> torch.Tensor:
-    out = []
-    for i in range(0, len(x), 16):
-        f, c, (h, w), _ = oriented_patch_sets(enc, x[i:i + 16], 224, [3], "rot90")
-        out.append(self_similarity_scores(f[0], h, w, 6, [cc[0] for cc in c], twin_count(0.02, h * w, len(c))))
-    return average_maps([torch.cat(out)], SIZE)
-
-
-def by_median(amap: torch.Tensor) -> torch.Tensor:
-    return amap / float(np.median(image_scores(amap, 4.0).numpy()))
 
 
 def main() -> None:
@@ -102,14 +70,15 @@ def main() -> None:
     t0 = time.perf_counter()
     rows: dict[str, dict[str, list[float]]] = {}
     saved: dict[str, list[np.ndarray]] = {}
+    ctx = ZeroShotContext(enc, ZeroShotConfig(), SIZE[0], SIGMA)  # `self` as shipped
     for grp, kinds, x in dev_batches(args.set, args.max):
         feats, (h, w), _ = encoder_patches(enc, x, 224)
-        stacks = mutual_distance_stacks(feats)
+        stacks = partner_distances(feats)
         as_map = lambda m: average_maps([m.view(-1, 1, h, w)], SIZE)  # noqa: E731
         maps: dict[str, torch.Tensor] = {}
         for f in [float(v) for v in args.fractions.split(",")]:
-            maps[f"first f{f}"] = as_map(lowest_mean(stacks, f))
-        s1 = image_scores(maps["first f0.3"], 4.0).numpy()
+            maps[f"first f{f}"] = as_map(lowest_fraction_mean(stacks, f))
+        s1 = image_scores(maps["first f0.3"], SIGMA).numpy()
         refs = most_normal(s1, 0.2, maximum=64)
         maps["p2 nn"] = as_map(reference_scores(feats, refs))
         for k in [int(v) for v in args.twins.split(",") if v]:
@@ -117,18 +86,20 @@ def main() -> None:
         for f in [float(v) for v in args.ref_fractions.split(",") if v]:
             maps[f"p2 ref{f}"] = as_map(ref_fraction_scores(feats, refs, f))
         if not args.no_self:
-            maps["self"] = self_maps(enc, x)
-            maps["p2 nn + self"] = by_median(maps["p2 nn"]) + by_median(maps["self"])
-            maps["first f0.3 + self"] = by_median(maps["first f0.3"]) + by_median(maps["self"])
+            maps["self"] = score_self(x, ctx).anomaly_map
+            fused = lambda a: fuse_by_median(maps[a], image_scores(maps[a], SIGMA),  # noqa: E731
+                                             maps["self"], image_scores(maps["self"], SIGMA))
+            maps["p2 nn + self"], maps["first f0.3 + self"] = fused("p2 nn"), fused("first f0.3")
             # references picked by both signals (the sum of the two ranks): a cell whose own
             # twins show a crack is not trusted as normal, though the batch let it through
-            s_self = image_scores(maps["self"], 4.0).numpy()
+            s_self = image_scores(maps["self"], SIGMA).numpy()
             joint = most_normal(rankdata(s1) + rankdata(s_self), 0.2, maximum=64)
             maps["p2 nn, joint refs"] = as_map(reference_scores(feats, joint))
             print(f"{grp}: joint references {len(joint)}, {int((kinds[joint] != 'good').sum())} anomalous", flush=True)
         for name, amap in maps.items():
-            add_aurocs(rows, name, image_scores(amap, 4.0).numpy(), kinds)
-            saved.setdefault(name, []).append(image_scores(amap, 4.0).numpy())
+            scores = image_scores(amap, SIGMA).numpy()
+            add_aurocs(rows, name, scores, kinds)
+            saved.setdefault(name, []).append(scores)
         saved.setdefault("kinds", []).append(kinds)
         saved.setdefault("groups", []).append(np.array([grp] * len(kinds)))
         print(f"{grp}: {len(x)} images, {len(refs)} references, {int((kinds[refs] != 'good').sum())} anomalous "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
-from anomalygpt.zeroshot.modes import image_scores, reference_scores
+from anomalygpt.zeroshot.modes import image_scores, reference_banks, reference_scores
 from anomalygpt.zeroshot.thresholds import most_normal
 from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, dev_first_pass, print_aurocs
 
@@ -42,16 +42,10 @@ VARIANTS = {
 def turned_reference_scores(feats: torch.Tensor, turned: list[torch.Tensor], refs: np.ndarray) -> torch.Tensor:
     """As modes.reference_scores, with the bank also holding each reference's patches seen
     turned by 90, 180 and 270 degrees (`turned`: N x P x C features of the turned images)."""
-    n, p, c = feats.shape
-    ref_list = [int(r) for r in refs]
-    banks = [feats[ref_list]] + [t[ref_list] for t in turned]
-    bank = torch.cat([b.reshape(-1, c) for b in banks])
-    owners = torch.tensor(ref_list).repeat_interleave(p).repeat(len(banks))
-    out = torch.empty(n, p)
-    for i in range(n):
-        b = bank if i not in ref_list else bank[owners != i]
+    out = torch.empty(feats.shape[:2])
+    for i, bank in reference_banks(feats, refs, turned):
         out[i] = 1.0 - torch.cat([(feats[i] @ part.t()).amax(1, keepdim=True)
-                                  for part in b.split(8192)], 1).amax(1)
+                                  for part in bank.split(8192)], 1).amax(1)
     return out
 
 

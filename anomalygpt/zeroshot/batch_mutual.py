@@ -54,19 +54,26 @@ def pair_list(n: int, n_compare: int, seed: int = 0) -> list[tuple[int, int]]:
 def mutual_scores(feats: torch.Tensor, n_compare: int = 100, fraction: float = 0.3, seed: int = 0,
                   progress=None, rotated: torch.Tensor | None = None) -> torch.Tensor:
     """Per-patch mutual score of each image (N x P), from L2-normalized patch features
-    (N x P x C) of N images of one product.
+    (N x P x C) of N images of one product: the mean of the lowest ceil(fraction x M) of each
+    patch's nearest-patch distances to its M partners (`partner_distances`, which says what
+    `progress` and `rotated` do)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return lowest_fraction_mean(partner_distances(feats, n_compare, seed, progress, rotated), fraction)
 
-    For each image the nearest-patch distance to each partner is collected (N lists of about
-    M distances per patch); the score is the mean of the lowest ceil(fraction x M).
+
+def partner_distances(feats: torch.Tensor, n_compare: int = 100, seed: int = 0, progress=None,
+                      rotated: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Per image, an M_i x P tensor: each patch's distance (1 - cosine) to its nearest patch in
+    each of the image's M_i partners (`pair_list`; about `n_compare`).
+
     `progress`: optional callable(n_done_pairs, n_pairs) for long batches.
     `rotated`: the same images' features from a rotated copy (N x P' x C, e.g. turned by 90
     degrees): a patch of i then meets its nearest patch in j AND in j's rotated copy, so a
     part photographed turned (solar cells with busbars across instead of along) still finds
     its twins. Costs three P x P products per pair instead of one.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    n, p, _ = feats.shape
+    n = feats.shape[0]
     if rotated is not None and (rotated.shape[0] != n or rotated.shape[2] != feats.shape[2]):
         raise ValueError(f"rotated features must be N x P' x C like feats {tuple(feats.shape)}, got {tuple(rotated.shape)}")
     pairs = pair_list(n, n_compare, seed)
@@ -81,9 +88,11 @@ def mutual_scores(feats: torch.Tensor, n_compare: int = 100, fraction: float = 0
         per_image[j].append(1.0 - best_j)
         if progress is not None and (t + 1) % 256 == 0:
             progress(t + 1, len(pairs))
-    out = torch.empty(n, p, dtype=feats.dtype)
-    for i, dists in enumerate(per_image):
-        d = torch.stack(dists)                   # M_i x P
-        k = max(1, math.ceil(fraction * d.shape[0]))
-        out[i] = d.topk(k, dim=0, largest=False).values.mean(0)
-    return out
+    return [torch.stack(d) for d in per_image]
+
+
+def lowest_fraction_mean(distances: list[torch.Tensor], fraction: float) -> torch.Tensor:
+    """N x P: per image (an M_i x P tensor of distances), the mean of each patch's lowest
+    ceil(fraction x M_i) distances."""
+    return torch.stack([d.topk(max(1, math.ceil(fraction * d.shape[0])), dim=0, largest=False).values.mean(0)
+                        for d in distances])

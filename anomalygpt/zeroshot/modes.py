@@ -14,7 +14,7 @@ distribution), so `inspect_many` collects the stream first instead of scoring it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -285,15 +285,24 @@ def batch_threshold(scores: np.ndarray, cfg: ZeroShotConfig) -> tuple[float, str
 def reference_scores(feats: torch.Tensor, refs: np.ndarray, chunk: int = 4096) -> torch.Tensor:
     """N x P: 1 - max cosine of each patch to the patches of the reference images; a
     reference is scored against the OTHER references only (leave-one-out)."""
+    out = torch.empty(feats.shape[:2], dtype=feats.dtype)
+    for i, bank in reference_banks(feats, refs):
+        out[i] = 1.0 - nn_similarity(feats[i], bank, chunk)
+    return out
+
+
+def reference_banks(feats: torch.Tensor, refs: np.ndarray,
+                    copies: Sequence[torch.Tensor] = ()) -> Iterator[tuple[int, torch.Tensor]]:
+    """(i, bank) for each image i of the call: the patches of the reference images (and of
+    their `copies`, e.g. the same images' features turned, each N x P x C) as one K x C bank,
+    a reference's own patches left out of its bank."""
     n, p, c = feats.shape
     ref_list = [int(r) for r in refs]
-    bank = feats[ref_list].reshape(-1, c)
-    owners = torch.tensor(ref_list).repeat_interleave(p)
-    out = torch.empty(n, p, dtype=feats.dtype)
+    parts = [feats[ref_list], *(t[ref_list] for t in copies)]
+    bank = torch.cat([b.reshape(-1, c) for b in parts])
+    owners = torch.tensor(ref_list).repeat_interleave(p).repeat(len(parts))
     for i in range(n):
-        b = bank if i not in ref_list else bank[owners != i]
-        out[i] = 1.0 - nn_similarity(feats[i], b, chunk)
-    return out
+        yield i, (bank if i not in ref_list else bank[owners != i])
 
 
 register(ZeroShotMode("self", score_self, needs_batch=True,  # scored alone, thresholded by the call's set
