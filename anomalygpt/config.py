@@ -281,8 +281,9 @@ class ZeroShotConfig:
     # zeroshot_batch_recurring_dev.py --save, then benchmarks/zeroshot_fusion_gate_dev.py):
     # ELPV mono dev 0.956 -> 0.987 (1.00), poly 0.927 -> 0.939 (0.99), mono-faint 0.892 ->
     # 0.927 (0.99), mono-faint-crack 0.958 -> 0.984 (0.99), poly-faint 0.784 -> 0.807 (0.99),
-    # poly-faint-crack 0.910 -> 0.919 (0.99); the textures dev set, where `self` hurts (fused: blobs 0.944 -> 0.914, brick
-    # 0.900 -> 0.830, grass 0.830 -> 0.681, gravel 0.852 -> 0.728, moon 0.822 -> 0.747), agreed
+    # poly-faint-crack 0.910 -> 0.919 (0.99); the textures dev set, where `self` hurts (fused:
+    # blobs 0.944 -> 0.917, brick 0.900 -> 0.831, grass 0.830 -> 0.691, gravel 0.852 -> 0.728,
+    # moon 0.822 -> 0.747; rerun with modes.fuse_by_median, see docs/experiments.md), agreed
     # 0.83 / 0.76 / 0.56 / 0.28 / 0.80, so a gate of 0.9 kept every dev texture at the batch
     # alone. Measured once with "auto": ELPV test 0.866 / 0.816 -> 0.883 / 0.837, but the
     # textures benchmark 0.807 -> 0.779: gravel and moon agreed 0.98 there and lost 0.848 ->
