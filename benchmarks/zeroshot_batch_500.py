@@ -1,6 +1,7 @@
 """Batch zero-shot on 500 images, end to end (read files, encode, mutual scoring, second
 pass, thresholds, regions; no LLM answers), with the time of each phase. Images: the first
-500 ELPV files of both types in name order (labels unused: this measures cost, not accuracy).
+500 ELPV files of both types in name order (labels unused: this measures cost, not accuracy),
+and the peak resident memory of the process.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/zeroshot_batch_500.py [--n 500] [--threads 2]
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import torch
@@ -46,7 +48,8 @@ def main() -> None:
                       "phases_s": {k: round(v, 1) for k, v in phases.items()}, "pairs": pairs,
                       "all_pairs": len(paths) * (len(paths) - 1) // 2, "threads": args.threads,
                       "n_anomalous_verdicts": sum(r.is_anomalous for r in reports),
-                      "threshold_source": reports[0].threshold_source}))
+                      "threshold_source": reports[0].threshold_source,
+                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anomalygpt.zeroshot.batch_mutual import mutual_scores, pair_list
+from anomalygpt.zeroshot.batch_mutual import mutual_scores, pair_list, partner_distances
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores, window_mask
 from anomalygpt.zeroshot.thresholds import most_normal, robust_z
 
@@ -116,6 +116,27 @@ def test_batch_defect_scores_highest_and_is_robust_to_defects_in_other_images():
     assert s[0, 3 * W + 4] > 3 * normal_max
     # with fraction so low that only the closest image counts, the shared defect hides
     assert mutual_scores(f, n - 1, fraction=1 / 19)[0, 3 * W + 4] < 0.05
+
+
+def test_partner_distances_match_a_plain_pairwise_computation():
+    """The scoring loop writes into buffers allocated once (a fresh matrix per pair
+    fragmented the heap); each row must still be the nearest-patch distance to one partner,
+    in pair order, with and without a rotated copy (whose grid may differ in size)."""
+    g = torch.Generator().manual_seed(3)
+    f = F.normalize(torch.randn(9, 20, 8, generator=g), dim=-1)
+    rot = F.normalize(torch.randn(9, 15, 8, generator=g), dim=-1)
+    for rotated in (None, rot):
+        got = partner_distances(f, n_compare=4, rotated=rotated)
+        rows: list[list[torch.Tensor]] = [[] for _ in range(9)]
+        for i, j in pair_list(9, 4):
+            for a, b in ((i, j), (j, i)):
+                best = (f[a] @ f[b].t()).amax(1)
+                if rotated is not None:
+                    best = torch.maximum(best, (f[a] @ rotated[b].t()).amax(1))
+                rows[a].append(1.0 - best)
+        assert [d.shape for d in got] == [(len(r), 20) for r in rows]
+        for d, r in zip(got, rows):
+            assert torch.allclose(d, torch.stack(r), atol=1e-6)
 
 
 def test_pairs_are_linear_in_batch_size_and_each_computed_once():

@@ -77,18 +77,31 @@ def partner_distances(feats: torch.Tensor, n_compare: int = 100, seed: int = 0, 
     if rotated is not None and (rotated.shape[0] != n or rotated.shape[2] != feats.shape[2]):
         raise ValueError(f"rotated features must be N x P' x C like feats {tuple(feats.shape)}, got {tuple(rotated.shape)}")
     pairs = pair_list(n, n_compare, seed)
-    per_image: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    # every output row and the similarity matrices are allocated once, up front: allocating a
+    # fresh P x P matrix per pair between the small rows that are kept fragmented the heap
+    # (200 images of 784 patches reached 10.6 GB resident instead of ~0.2 GB)
+    counts = np.bincount(np.asarray(pairs, dtype=np.int64).reshape(-1), minlength=n) if pairs else np.zeros(n, int)
+    per_image = [feats.new_empty(int(c), feats.shape[1]) for c in counts]
+    filled = [0] * n
+    sim = feats.new_empty(feats.shape[1], feats.shape[1])
+    if rotated is not None:
+        turned_i = feats.new_empty(feats.shape[1], rotated.shape[1])
+        turned_j = feats.new_empty(rotated.shape[1], feats.shape[1])
     for t, (i, j) in enumerate(pairs):
-        sim = feats[i] @ feats[j].t()            # P x P, computed once for both directions
-        best_i, best_j = sim.amax(1), sim.amax(0)
+        torch.matmul(feats[i], feats[j].t(), out=sim)   # P x P, computed once for both directions
+        best_i, best_j = per_image[i][filled[i]], per_image[j][filled[j]]
+        torch.amax(sim, 1, out=best_i)
+        torch.amax(sim, 0, out=best_j)
         if rotated is not None:
-            best_i = torch.maximum(best_i, (feats[i] @ rotated[j].t()).amax(1))
-            best_j = torch.maximum(best_j, (rotated[i] @ feats[j].t()).amax(0))
-        per_image[i].append(1.0 - best_i)
-        per_image[j].append(1.0 - best_j)
+            torch.maximum(best_i, torch.matmul(feats[i], rotated[j].t(), out=turned_i).amax(1), out=best_i)
+            torch.maximum(best_j, torch.matmul(rotated[i], feats[j].t(), out=turned_j).amax(0), out=best_j)
+        best_i.neg_().add_(1.0)                   # distance = 1 - cosine
+        best_j.neg_().add_(1.0)
+        filled[i] += 1
+        filled[j] += 1
         if progress is not None and (t + 1) % 256 == 0:
             progress(t + 1, len(pairs))
-    return [torch.stack(d) for d in per_image]
+    return per_image
 
 
 def lowest_fraction_mean(distances: list[torch.Tensor], fraction: float) -> torch.Tensor:
