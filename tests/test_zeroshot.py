@@ -414,3 +414,15 @@ def test_batch_adds_self_only_past_the_gate_and_keeps_the_count(tiny, monkeypatc
     assert set(np.argsort(scores)[-3:].tolist()) == defect
     same = all(a.score == o.score for a, o in zip(auto, off))
     assert same == (not fused)
+
+
+def test_image_scores_in_chunks_equal_one_pass():
+    """The image score blurs a few maps at a time (the blur's unfolded copy of a whole call
+    of 2,000 maps cost 7 GB); every chunk boundary must give the same score as one pass."""
+    from anomalygpt.models.detector import gaussian_blur
+    from anomalygpt.zeroshot.modes import image_scores
+
+    maps = torch.rand(7, 1, 40, 40, generator=torch.Generator().manual_seed(2)) ** 4
+    whole = gaussian_blur(maps, 2.0).flatten(1).amax(1)
+    for chunk in (1, 3, 7, 64):
+        assert torch.allclose(image_scores(maps, 2.0, chunk=chunk), whole, atol=1e-7)
