@@ -426,3 +426,30 @@ def test_image_scores_in_chunks_equal_one_pass():
     whole = gaussian_blur(maps, 2.0).flatten(1).amax(1)
     for chunk in (1, 3, 7, 64):
         assert torch.allclose(image_scores(maps, 2.0, chunk=chunk), whole, atol=1e-7)
+
+
+def test_self_and_batch_run_on_an_open_clip_vit():
+    """The vision-guided modes take any encoder, a CLIP ViT included (what a user with hub
+    access would run them on): a tiny random ViT, six near-identical images, one with a
+    bright square; both modes put that image on top and `batch` its map's peak on the square."""
+    import dataclasses
+
+    from anomalygpt.checkpoint import build_image_encoder
+    from anomalygpt.config import EncoderConfig, ZeroShotConfig
+    from anomalygpt.zeroshot.modes import ZeroShotContext, score_batch, score_self
+
+    vit = {"embed_dim": 24, "vision_cfg": {"image_size": 64, "layers": 3, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    enc = build_image_encoder(EncoderConfig(backend="open_clip", name="zs-tiny-vit64", pretrained="none", image_size=64,
+                                            levels=[1, 2], model_kwargs={"model_cfg": vit}))
+    ctx = ZeroShotContext(enc, dataclasses.replace(ZeroShotConfig(), window=2), 64, 1.0)  # an 8 x 8 grid
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(1, 3, 64, 64, generator=g) + 0.02 * torch.rand(6, 3, 64, 64, generator=g)).clamp(0, 1)
+    x[3, :, 24:40, 8:24] = 1.0
+    batch, own = score_batch(x, ctx), score_self(x, ctx)
+    assert batch.anomaly_map.shape == own.anomaly_map.shape == (6, 1, 64, 64)
+    assert int(batch.scores.argmax()) == 3 and int(own.scores.argmax()) == 3
+    assert batch.scores[3] > 10 * batch.scores[torch.arange(6) != 3].max()
+    y, xx = divmod(int(batch.anomaly_map[3, 0].argmax()), 64)
+    assert 24 <= y < 40 and 8 <= xx < 24
