@@ -453,3 +453,27 @@ def test_self_and_batch_run_on_an_open_clip_vit():
     assert batch.scores[3] > 10 * batch.scores[torch.arange(6) != 3].max()
     y, xx = divmod(int(batch.anomaly_map[3, 0].argmax()), 64)
     assert 24 <= y < 40 and 8 <= xx < 24
+
+
+def test_long_batch_calls_show_progress_on_a_terminal_only(monkeypatch):
+    """A `batch` call of thousands of images runs for minutes: its mutual pass reports
+    progress through a tqdm bar, on a terminal, for PROGRESS_MIN_IMAGES or more images."""
+    import io
+    import sys
+
+    from anomalygpt.zeroshot import modes
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    f = texture_feats(40, noise=0.1)
+    for stream, n_images, shown in ((Terminal(), 300, True), (Terminal(), 10, False), (io.StringIO(), 300, False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        step = modes.step_progress(n_images, "batch zero-shot test")
+        with step as progress:
+            assert (progress is not None) == (n_images >= modes.PROGRESS_MIN_IMAGES)
+            mutual_scores(f, n_compare=39, fraction=0.3, progress=progress)
+        assert ("batch zero-shot test" in stream.getvalue()) == shown
+        if progress is not None and shown:  # 780 pairs, reported every 256
+            assert (step.bar.n, step.bar.total) == (768, 780)

@@ -13,6 +13,7 @@ distribution), so `inspect_many` collects the stream first instead of scoring it
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -29,6 +30,10 @@ from .features import average_maps, encoder_patches, oriented_patch_sets
 from .rescore import knn_rescore
 from .self_similarity import self_similarity_scores
 from .thresholds import MIN_SET, carry_share, most_normal, robust_z, set_threshold
+
+# `batch` calls of this many images or more show a progress bar of the mutual pass on a
+# terminal (2,000 images take about four minutes on 2 cores; docs/speed.md)
+PROGRESS_MIN_IMAGES = 200
 
 
 @dataclass
@@ -201,7 +206,9 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
         glob = g if glob is None or s == ctx.map_size else glob
         feats_all.append((feats, h, w))
         turned = encoder_patches(ctx.encoder, images, s, rot90=True)[0] if cfg.batch_rot90 else None
-        first.append(mutual_scores(feats, cfg.n_compare, cfg.fraction, rotated=turned).view(n, 1, h, w))
+        with step_progress(n, f"batch zero-shot, {n} images at {s} px") as progress:
+            first.append(mutual_scores(feats, cfg.n_compare, cfg.fraction, progress=progress,
+                                       rotated=turned).view(n, 1, h, w))
     amap = average_maps(first, size)
     scores = image_scores(amap, ctx.smooth_sigma)
     info: dict[str, Any] = {"n_images": n, "n_compare": min(cfg.n_compare, n - 1), "fraction": cfg.fraction}
@@ -214,7 +221,10 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
         # the most normal-scored images become references; a reference is scored against the
         # others only (config.ZeroShotConfig.second_pass gives the dev numbers that turned it on)
         refs = most_normal(first_scores, cfg.ref_fraction, maximum=cfg.max_refs)
-        second = [reference_scores(feats, refs).view(n, 1, h, w) for feats, h, w in feats_all]
+        second = []
+        for feats, h, w in feats_all:
+            with step_progress(n, f"batch zero-shot, second pass against {len(refs)}", unit="img") as progress:
+                second.append(reference_scores(feats, refs, progress=progress).view(n, 1, h, w))
         amap = average_maps(second, size)
         scores = image_scores(amap, ctx.smooth_sigma)
         thr = carry_share(first_scores, first_thr, scores.numpy())
@@ -238,6 +248,33 @@ def score_batch(images: torch.Tensor, ctx: ZeroShotContext) -> ZeroShotResult:
         thr = carry_share(first_scores, first_thr, scores.numpy())  # re-scoring reorders; the count stays
         info |= {"rescore_k": cfg.rescore_k}
     return ZeroShotResult(amap, scores, np.full(n, thr), source, glob, info)
+
+
+class step_progress:
+    """Context manager giving a long step (`mutual_scores`, `reference_scores`) a progress
+    callback(done, total): a tqdm bar on stderr for calls of PROGRESS_MIN_IMAGES or more,
+    shown only on a terminal (tqdm's own check), so logs and scripts stay quiet; None (no
+    bar) for smaller calls."""
+
+    def __init__(self, n_images: int, desc: str, unit: str = "pair") -> None:
+        self.bar = None
+        if n_images >= PROGRESS_MIN_IMAGES:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=desc, unit=unit, disable=None, file=sys.stderr, leave=False)
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if self.bar is None:
+            return None
+
+        def update(done: int, total: int) -> None:
+            self.bar.total = total
+            self.bar.update(done - self.bar.n)
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def self_agreement(batch_scores: np.ndarray, self_scores: np.ndarray, share: float = 0.2) -> float:
@@ -287,12 +324,16 @@ def batch_threshold(scores: np.ndarray, cfg: ZeroShotConfig) -> tuple[float, str
     return set_threshold(scores, cfg.set_rule, cfg.set_k, cfg.mode_fraction)
 
 
-def reference_scores(feats: torch.Tensor, refs: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+def reference_scores(feats: torch.Tensor, refs: np.ndarray, chunk: int = 4096,
+                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """N x P: 1 - max cosine of each patch to the patches of the reference images; a
-    reference is scored against the OTHER references only (leave-one-out)."""
+    reference is scored against the OTHER references only (leave-one-out). `progress`:
+    optional callable(n_done_images, n_images)."""
     out = torch.empty(feats.shape[:2], dtype=feats.dtype)
     for i, bank in reference_banks(feats, refs):
         out[i] = 1.0 - nn_similarity(feats[i], bank, chunk)
+        if progress is not None and (i + 1) % 16 == 0:
+            progress(i + 1, len(out))
     return out
 
 
