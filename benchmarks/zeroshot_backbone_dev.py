@@ -24,14 +24,13 @@ import itertools
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anomalygpt import hub
 from anomalygpt.checkpoint import build_image_encoder
 from anomalygpt.config import EncoderConfig, ZeroShotConfig
 from anomalygpt.zeroshot.modes import ZeroShotContext, fuse_by_median, image_scores, score_batch
-from benchmarks.zeroshot_dev import add_aurocs, dev_batches, print_aurocs
+from benchmarks.zeroshot_dev import DevScores, dev_batches
 
 SIGMA = 4.0
 LITE1_FILE = "models/efficientnet-lite1-77cc7160.pth"
@@ -79,8 +78,7 @@ def main() -> None:
     specs = args.encoders.split(",")
     encoders = {s: encoder_for(s, Path(args.out_dir)) for s in specs}
     t0 = time.perf_counter()
-    rows: dict[str, dict[str, list[float]]] = {}
-    saved: dict[str, list[np.ndarray]] = {}
+    record = DevScores()
     for grp, kinds, x in dev_batches(args.set, args.max):
         results = {s: score_batch(x, ZeroShotContext(enc, ZeroShotConfig(), 224, SIGMA)) for s, enc in encoders.items()}
         variants = {s: r.scores for s, r in results.items()}
@@ -89,14 +87,10 @@ def main() -> None:
             variants[f"{a} + {b}"] = image_scores(fuse_by_median(ra.anomaly_map, ra.scores, rb.anomaly_map, rb.scores),
                                                   SIGMA)
         for name, scores in variants.items():
-            add_aurocs(rows, name, scores.numpy(), kinds)
-            saved.setdefault(name, []).append(scores.numpy())
-        saved.setdefault("kinds", []).append(kinds)
-        saved.setdefault("groups", []).append(np.array([grp] * len(kinds)))
+            record.add(name, scores.numpy(), kinds)
+        record.end_batch(grp, kinds)
         print(f"{grp}: {len(x)} images ({time.perf_counter() - t0:.0f}s)", flush=True)
-    print_aurocs(rows)
-    if args.save:
-        np.savez(args.save, **{k: np.concatenate(v) for k, v in saved.items()})
+    record.finish(args.save)
 
 
 if __name__ == "__main__":

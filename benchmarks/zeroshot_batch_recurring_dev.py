@@ -39,7 +39,7 @@ from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.modes import (ZeroShotContext, fuse_by_median, image_scores, reference_banks,
                                        reference_scores, score_self)
 from anomalygpt.zeroshot.thresholds import most_normal
-from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, print_aurocs
+from benchmarks.zeroshot_dev import DevScores, dev_batches, dev_encoder
 from benchmarks.zeroshot_refpass_dev import ref_fraction_scores
 
 SIZE = (224, 224)
@@ -68,8 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     enc = dev_encoder()
     t0 = time.perf_counter()
-    rows: dict[str, dict[str, list[float]]] = {}
-    saved: dict[str, list[np.ndarray]] = {}
+    record = DevScores()
     ctx = ZeroShotContext(enc, ZeroShotConfig(), SIZE[0], SIGMA)  # `self` as shipped
     for grp, kinds, x in dev_batches(args.set, args.max):
         feats, (h, w), _ = encoder_patches(enc, x, 224)
@@ -98,15 +97,11 @@ def main() -> None:
             print(f"{grp}: joint references {len(joint)}, {int((kinds[joint] != 'good').sum())} anomalous", flush=True)
         for name, amap in maps.items():
             scores = image_scores(amap, SIGMA).numpy()
-            add_aurocs(rows, name, scores, kinds)
-            saved.setdefault(name, []).append(scores)
-        saved.setdefault("kinds", []).append(kinds)
-        saved.setdefault("groups", []).append(np.array([grp] * len(kinds)))
+            record.add(name, scores, kinds)
+        record.end_batch(grp, kinds)
         print(f"{grp}: {len(x)} images, {len(refs)} references, {int((kinds[refs] != 'good').sum())} anomalous "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
-    print_aurocs(rows)
-    if args.save:
-        np.savez(args.save, **{k: np.concatenate(v) for k, v in saved.items()})
+    record.finish(args.save)
 
 
 if __name__ == "__main__":

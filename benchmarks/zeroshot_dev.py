@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalygpt.images import batch_tensor, load_image
 from anomalygpt.inspector import AnomalyGPT
-from anomalygpt.models.detector import gaussian_blur
+from anomalygpt.zeroshot import modes
 from anomalygpt.zeroshot.batch_mutual import mutual_scores
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
 from anomalygpt.zeroshot.self_similarity import self_similarity_scores
@@ -114,8 +114,32 @@ def print_aurocs(rows: dict[str, dict[str, list[float]]]) -> None:
         print(f"{name:18s} " + " ".join(f"{kind} {np.mean(v):.3f}" for kind, v in per_kind.items()), flush=True)
 
 
+class DevScores:
+    """A dev run's image scores, batch by batch: per variant the AUROCs (`add_aurocs`, printed
+    at the end) and the scores themselves with each image's kind and group, saved as one npz
+    (what benchmarks/zeroshot_fusion_gate_dev.py reads)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, list[float]]] = {}
+        self.saved: dict[str, list[np.ndarray]] = {}
+
+    def add(self, name: str, scores: np.ndarray, kinds: np.ndarray) -> None:
+        add_aurocs(self.rows, name, scores, kinds)
+        self.saved.setdefault(name, []).append(scores)
+
+    def end_batch(self, group: str, kinds: np.ndarray) -> None:
+        self.saved.setdefault("kinds", []).append(kinds)
+        self.saved.setdefault("groups", []).append(np.array([group] * len(kinds)))
+
+    def finish(self, save: str = "") -> None:
+        print_aurocs(self.rows)
+        if save:
+            np.savez(save, **{k: np.concatenate(v) for k, v in self.saved.items()})
+
+
 def image_scores(amap: torch.Tensor) -> np.ndarray:
-    return gaussian_blur(amap, 4.0).flatten(1).amax(1).numpy()
+    """The shipped image score (modes.image_scores) at the dev scripts' sigma of 4 px."""
+    return modes.image_scores(amap, 4.0).numpy()
 
 
 def main() -> None:
