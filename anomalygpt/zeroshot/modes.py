@@ -31,8 +31,8 @@ from .rescore import knn_rescore
 from .self_similarity import self_similarity_scores
 from .thresholds import MIN_SET, carry_share, most_normal, robust_z, set_threshold
 
-# `batch` calls of this many images or more show a progress bar of the mutual pass on a
-# terminal (2,000 images take about four minutes on 2 cores; docs/speed.md)
+# `batch` calls of this many images or more show progress bars of the mutual pass and the
+# second pass on a terminal (2,000 images take about four minutes on 2 cores; docs/speed.md)
 PROGRESS_MIN_IMAGES = 200
 
 
