@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from anomalygpt.zeroshot.features import average_maps, encoder_patches
-from anomalygpt.zeroshot.modes import image_scores, reference_banks, reference_scores
+from anomalygpt.zeroshot.modes import image_scores, reference_scores
 from anomalygpt.zeroshot.thresholds import most_normal
 from benchmarks.zeroshot_dev import add_aurocs, dev_batches, dev_encoder, dev_first_pass, print_aurocs
 
@@ -37,16 +36,6 @@ VARIANTS = {
     "p3": (0.2, 64, 2, False),
     "p2-rot": (0.2, 64, 1, True),
 }
-
-
-def turned_reference_scores(feats: torch.Tensor, turned: list[torch.Tensor], refs: np.ndarray) -> torch.Tensor:
-    """As modes.reference_scores, with the bank also holding each reference's patches seen
-    turned by 90, 180 and 270 degrees (`turned`: N x P x C features of the turned images)."""
-    out = torch.empty(feats.shape[:2])
-    for i, bank in reference_banks(feats, refs, turned):
-        out[i] = 1.0 - torch.cat([(feats[i] @ part.t()).amax(1, keepdim=True)
-                                  for part in bank.split(8192)], 1).amax(1)
-    return out
 
 
 def main() -> None:
@@ -70,7 +59,7 @@ def main() -> None:
             for _ in range(passes):
                 refs = most_normal(s, frac, maximum=most)
                 bad.append(int((k[refs] != "good").sum()))
-                m = turned_reference_scores(feats, turned, refs) if rot else reference_scores(feats, refs)
+                m = reference_scores(feats, refs, copies=turned if rot else ())
                 s = image_scores(average_maps([m.view(-1, 1, h, w)], (224, 224)), 4.0).numpy()
             add_aurocs(rows, name, s, k)
             print(f"{grp} {name}: {len(refs)} references, anomalous among them per pass {bad} "

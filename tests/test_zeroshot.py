@@ -477,3 +477,26 @@ def test_long_batch_calls_show_progress_on_a_terminal_only(monkeypatch):
         assert ("batch zero-shot test" in stream.getvalue()) == shown
         if progress is not None and shown:  # 780 pairs, reported every 256
             assert (step.bar.n, step.bar.total) == (768, 780)
+
+
+def test_reference_scores_leave_a_reference_out_and_take_copies():
+    """The second pass's scorer: a reference never meets its own patches (nor its own turned
+    copy's), an image that IS one of the references elsewhere scores 0, and a copy holding a
+    patch's exact twin makes that patch normal."""
+    from anomalygpt.zeroshot.modes import reference_scores
+
+    g = torch.Generator().manual_seed(4)
+    f = F.normalize(torch.randn(6, 10, 8, generator=g), dim=-1)
+    f[5] = f[2]                                   # image 5 is a copy of reference 2
+    refs = np.array([0, 2])
+    plain = reference_scores(f, refs)
+    assert torch.allclose(plain[5], torch.zeros(10), atol=1e-6)   # finds itself in reference 2
+    assert (plain[0] > 0.05).all() and (plain[2] > 0.05).all()     # left out: no self-match
+    assert torch.equal(reference_scores(f, refs, copies=()), plain)
+    copy = F.normalize(torch.randn(6, 10, 8, generator=g), dim=-1)
+    copy[2, 3] = f[4, 7]                          # reference 2's copy holds a twin of image 4's patch 7
+    copy[0] = f[0]                                # reference 0's copy is itself: still left out
+    turned = reference_scores(f, refs, copies=[copy])
+    assert turned[4, 7] < 1e-6 < plain[4, 7]
+    assert (turned[0] > 0.05).all()
+    assert (turned <= plain + 1e-6).all()         # a bigger bank only brings patches closer

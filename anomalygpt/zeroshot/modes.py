@@ -325,12 +325,13 @@ def batch_threshold(scores: np.ndarray, cfg: ZeroShotConfig) -> tuple[float, str
 
 
 def reference_scores(feats: torch.Tensor, refs: np.ndarray, chunk: int = 4096,
-                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """N x P: 1 - max cosine of each patch to the patches of the reference images; a
-    reference is scored against the OTHER references only (leave-one-out). `progress`:
-    optional callable(n_done_images, n_images)."""
+                     progress: Callable[[int, int], None] | None = None,
+                     copies: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """N x P: 1 - max cosine of each patch to the patches of the reference images (and of
+    their `copies`, see `reference_banks`); a reference is scored against the OTHER
+    references only (leave-one-out). `progress`: optional callable(n_done_images, n_images)."""
     out = torch.empty(feats.shape[:2], dtype=feats.dtype)
-    for i, bank in reference_banks(feats, refs):
+    for i, bank in reference_banks(feats, refs, copies):
         out[i] = 1.0 - nn_similarity(feats[i], bank, chunk)
         if progress is not None and (i + 1) % 16 == 0:
             progress(i + 1, len(out))
